@@ -1,0 +1,19 @@
+"""The REST routes, all under ``{base_url}jupyter-sessions/api/`` (see DESIGN §4)."""
+
+from __future__ import annotations
+
+from .base import API_PREFIX, REF
+from .info import AgentsHandler, ImagesHandler
+from .openapi import OpenAPIHandler
+from .sessions import SessionHandler, SessionsHandler, StatusHistoryHandler
+
+default_handlers: list[tuple[str, type]] = [
+    (rf"{API_PREFIX}/sessions", SessionsHandler),
+    (rf"{API_PREFIX}/sessions/{REF}", SessionHandler),
+    (rf"{API_PREFIX}/sessions/{REF}/status-history", StatusHistoryHandler),
+    (rf"{API_PREFIX}/images", ImagesHandler),
+    (rf"{API_PREFIX}/agents", AgentsHandler),
+    (rf"{API_PREFIX}/openapi.json", OpenAPIHandler),
+]
+
+__all__ = ["default_handlers"]

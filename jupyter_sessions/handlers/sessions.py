@@ -1,0 +1,228 @@
+"""Routes of the session life cycle: create, list, inspect, destroy, status history."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from jupyter_server.auth.decorator import authorized
+from tornado import web
+
+from ..actions.lifecycle import (
+    CreateFromParamsAction,
+    CreateSessionParams,
+    DestroySessionAction,
+    GetSessionInfoAction,
+    GetStatusHistoryAction,
+    ListSessionsAction,
+)
+from ..serialize import history_json, session_json
+from ..types import SessionStatus, parse_enum
+from .base import SessionsAPIHandler
+
+SESSION = {"$ref": "#/components/schemas/Session"}
+ERRORS = {
+    "400": {"$ref": "#/components/responses/Error"},
+    "401": {"$ref": "#/components/responses/Error"},
+    "403": {"$ref": "#/components/responses/Error"},
+}
+REF_PARAM = {
+    "name": "ref",
+    "in": "path",
+    "required": True,
+    "schema": {"type": "string"},
+    "description": "A session id, or the name of one of the caller's own sessions",
+}
+OWNER_PARAM = {
+    "name": "owner_access_key",
+    "in": "query",
+    "schema": {"type": "string"},
+    "description": "Admins only: act on another access key's sessions",
+}
+
+
+def _json(schema: Mapping[str, object], description: str) -> dict[str, object]:
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+class SessionsHandler(SessionsAPIHandler):
+    openapi = {
+        "get": {
+            "operationId": "match_sessions",
+            "summary": "List the caller's sessions, newest first",
+            "parameters": [
+                {
+                    "name": "match",
+                    "in": "query",
+                    "schema": {"type": "string"},
+                    "description": "Prefix of a session name or id",
+                },
+                {
+                    "name": "status",
+                    "in": "query",
+                    "schema": {"type": "string"},
+                    "description": "Comma-separated statuses",
+                },
+                OWNER_PARAM,
+                {"name": "limit", "in": "query", "schema": {"type": "integer", "default": 100}},
+                {"name": "offset", "in": "query", "schema": {"type": "integer", "default": 0}},
+            ],
+            "responses": {
+                "200": _json(
+                    {
+                        "type": "object",
+                        "properties": {
+                            "sessions": {"type": "array", "items": SESSION},
+                            "total": {"type": "integer"},
+                        },
+                    },
+                    "A page of sessions",
+                ),
+                **ERRORS,
+            },
+        },
+        "post": {
+            "operationId": "create_from_params",
+            "summary": "Create a session; waits until RUNNING, ERROR or max_wait_seconds",
+            "requestBody": {
+                "required": True,
+                "content": {
+                    "application/json": {"schema": {"$ref": "#/components/schemas/CreateSession"}}
+                },
+            },
+            "responses": {
+                "200": _json(SESSION, "reuse_if_exists found this session"),
+                "201": _json(SESSION, "Created (with the status it has by then)"),
+                **ERRORS,
+                "409": {"$ref": "#/components/responses/Error"},
+                "429": {"$ref": "#/components/responses/Error"},
+                "503": {"$ref": "#/components/responses/Error"},
+            },
+        },
+    }
+
+    @web.authenticated
+    @authorized
+    async def get(self) -> None:
+        raw_status = self.get_query_argument("status", "")
+        statuses = tuple(
+            parse_enum(SessionStatus, s.strip().upper(), "status")
+            for s in raw_status.split(",")
+            if s.strip()
+        )
+        action = ListSessionsAction(
+            caller=self.caller,
+            match=self.get_query_argument("match", None) or None,
+            statuses=statuses,
+            owner_access_key=self.get_query_argument("owner_access_key", None) or None,
+            limit=self.int_arg("limit", 100, minimum=1, maximum=1000),
+            offset=self.int_arg("offset", 0, maximum=10**9),
+        )
+        result = await self.processors.list_sessions.wait_for_complete(action)
+        self.write_json(
+            {"sessions": [session_json(s) for s in result.sessions], "total": result.total}
+        )
+
+    @web.authenticated
+    @authorized
+    async def post(self) -> None:
+        params = CreateSessionParams.from_json(self.json_body())
+        action = CreateFromParamsAction(caller=self.caller, params=params)
+        result = await self.processors.create_from_params.wait_for_complete(action)
+        self.write_json(session_json(result.session), status=201 if result.created else 200)
+
+
+class SessionHandler(SessionsAPIHandler):
+    openapi = {
+        "get": {
+            "operationId": "get_session_info",
+            "summary": "A session's information",
+            "parameters": [REF_PARAM, OWNER_PARAM],
+            "responses": {
+                "200": _json(SESSION, "The session"),
+                **ERRORS,
+                "404": {"$ref": "#/components/responses/Error"},
+            },
+        },
+        "delete": {
+            "operationId": "destroy_session",
+            "summary": "Destroy a session: CANCELLED at once while PENDING or SCHEDULED, "
+            "else TERMINATING (202) and then TERMINATED",
+            "parameters": [
+                REF_PARAM,
+                OWNER_PARAM,
+                {"name": "forced", "in": "query", "schema": {"type": "boolean"}},
+                {"name": "recursive", "in": "query", "schema": {"type": "boolean"}},
+            ],
+            "responses": {
+                "200": _json(SESSION, "Cancelled"),
+                "202": _json(SESSION, "Terminating"),
+                **ERRORS,
+                "404": {"$ref": "#/components/responses/Error"},
+                "409": {"$ref": "#/components/responses/Error"},
+            },
+        },
+    }
+
+    @web.authenticated
+    @authorized
+    async def get(self, ref: str) -> None:
+        action = GetSessionInfoAction(
+            caller=self.caller,
+            ref=ref,
+            owner_access_key=self.get_query_argument("owner_access_key", None) or None,
+        )
+        session = await self.processors.get_session_info.wait_for_complete(action)
+        self.write_json(session_json(session))
+
+    @web.authenticated
+    @authorized
+    async def delete(self, ref: str) -> None:
+        action = DestroySessionAction(
+            caller=self.caller,
+            ref=ref,
+            owner_access_key=self.get_query_argument("owner_access_key", None) or None,
+            forced=self.bool_arg("forced"),
+            recursive=self.bool_arg("recursive"),
+        )
+        result = await self.processors.destroy_session.wait_for_complete(action)
+        self.write_json(session_json(result.session), status=200 if result.finished else 202)
+
+
+class StatusHistoryHandler(SessionsAPIHandler):
+    openapi = {
+        "get": {
+            "operationId": "get_status_history",
+            "summary": "Every status transition of a session, oldest first",
+            "parameters": [REF_PARAM, OWNER_PARAM],
+            "responses": {
+                "200": _json(
+                    {
+                        "type": "object",
+                        "properties": {
+                            "session_id": {"type": "string"},
+                            "history": {
+                                "type": "array",
+                                "items": {"$ref": "#/components/schemas/StatusChange"},
+                            },
+                        },
+                    },
+                    "The history",
+                ),
+                **ERRORS,
+                "404": {"$ref": "#/components/responses/Error"},
+            },
+        },
+    }
+
+    @web.authenticated
+    @authorized
+    async def get(self, ref: str) -> None:
+        action = GetStatusHistoryAction(
+            caller=self.caller,
+            ref=ref,
+            owner_access_key=self.get_query_argument("owner_access_key", None) or None,
+        )
+        result = await self.processors.get_status_history.wait_for_complete(action)
+        self.write_json(
+            {"session_id": result.session.id, "history": [history_json(e) for e in result.history]}
+        )

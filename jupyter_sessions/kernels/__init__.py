@@ -1,0 +1,1 @@
+"""Talking to kernels: jupyter_client connections to session kernels, later the run protocol."""

@@ -1,0 +1,145 @@
+"""Action processors: every action runs through one, which times it and tells its monitors.
+
+A processor wraps one service coroutine. Monitors see each action before and after it runs: the
+audit monitor records caller, action, target, outcome and duration, written to the database by a
+background task so the request never waits for it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Generic, Protocol, TypeVar
+
+from .actions.base import Action
+from .errors import SessionsError
+from .repository.orm import utcnow
+from .repository.repository import AuditEntry, SessionRepository
+
+if TYPE_CHECKING:
+    from .service import SessionService
+
+A = TypeVar("A", bound=Action)
+R = TypeVar("R")
+
+
+@dataclass(frozen=True)
+class Outcome:
+    success: bool
+    error: BaseException | None
+    duration_s: float
+
+
+class ActionMonitor(Protocol):
+    async def prepare(self, action: Action) -> None: ...
+
+    async def done(self, action: Action, outcome: Outcome) -> None: ...
+
+
+class ActionProcessor(Generic[A, R]):
+    """Runs one kind of action and reports it to the monitors."""
+
+    def __init__(self, func: Callable[[A], Awaitable[R]], monitors: list[ActionMonitor]) -> None:
+        self._func = func
+        self._monitors = monitors
+
+    async def wait_for_complete(self, action: A) -> R:
+        for monitor in self._monitors:
+            await monitor.prepare(action)
+        started = time.perf_counter()
+        error: BaseException | None = None
+        try:
+            return await self._func(action)
+        except BaseException as exc:
+            error = exc
+            raise
+        finally:
+            outcome = Outcome(error is None, error, time.perf_counter() - started)
+            for monitor in self._monitors:
+                await monitor.done(action, outcome)
+
+
+class AuditMonitor:
+    """Queues an audit entry per action; a background task writes them in batches."""
+
+    def __init__(self, repository: SessionRepository, log: logging.Logger) -> None:
+        self._repository = repository
+        self._queue: asyncio.Queue[AuditEntry] = asyncio.Queue(maxsize=10_000)
+        self._log = log
+        self._task: asyncio.Task[None] | None = None
+
+    async def prepare(self, action: Action) -> None:
+        return None
+
+    async def done(self, action: Action, outcome: Outcome) -> None:
+        if outcome.error is None:
+            result, error = "success", None
+        elif isinstance(outcome.error, SessionsError):
+            result, error = "failure", f"{outcome.error.reason}: {outcome.error.message}"
+        elif isinstance(outcome.error, asyncio.CancelledError):
+            result, error = "cancelled", None
+        else:
+            result, error = "error", type(outcome.error).__name__
+        entry = AuditEntry(
+            at=utcnow(),
+            access_key=action.caller.access_key,
+            action=action.operation,
+            target=action.target(),
+            outcome=result,
+            error=error,
+            duration_ms=round(outcome.duration_s * 1000),
+        )
+        try:
+            self._queue.put_nowait(entry)
+        except asyncio.QueueFull:
+            self._log.warning("audit queue full; dropped an entry for %s", action.operation)
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._writer())
+
+    async def _writer(self) -> None:
+        while True:
+            batch = [await self._queue.get()]
+            while not self._queue.empty() and len(batch) < 500:
+                batch.append(self._queue.get_nowait())
+            try:
+                await self._repository.write_audit(batch)
+            except Exception:
+                self._log.exception("could not write %d audit entries", len(batch))
+
+    async def flush(self) -> None:
+        """Write what is queued now (used at shutdown and by tests that read the log)."""
+        batch = []
+        while not self._queue.empty():
+            batch.append(self._queue.get_nowait())
+        if batch:
+            await self._repository.write_audit(batch)
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        await self.flush()
+
+
+class SessionProcessors:
+    """One processor per action of the session service, all sharing the same monitors."""
+
+    def __init__(self, service: SessionService, monitors: list[ActionMonitor]) -> None:
+        def proc(func: Callable[[A], Awaitable[R]]) -> ActionProcessor[A, R]:
+            return ActionProcessor(func, monitors)
+
+        self.create_from_params = proc(service.create_from_params)
+        self.list_sessions = proc(service.list_sessions)
+        self.get_session_info = proc(service.get_session_info)
+        self.get_status_history = proc(service.get_status_history)
+        self.destroy_session = proc(service.destroy_session)
+        self.list_images = proc(service.list_images)
+        self.list_agents = proc(service.list_agents)

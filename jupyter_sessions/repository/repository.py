@@ -1,0 +1,611 @@
+"""Repositories: the only code that reads or writes the tables.
+
+Every method takes or returns plain dataclasses (never live ORM rows), so nothing above this layer
+touches a database session. Methods are synchronous units of work; the service runs them with
+``Database.run`` off the event loop. Reads of sessions take a ``Scope``: a non-admin caller's
+scope is their own access key, so another user's session is simply not found (404).
+"""
+
+from __future__ import annotations
+
+import secrets
+import uuid
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import func, or_, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from ..errors import Conflict, InvalidStatus, NotFound
+from ..types import TERMINAL_STATUSES, SessionStatus, check_transition, is_session_id
+from .db import Database
+from .orm import (
+    AgentRow,
+    AuditLogRow,
+    KernelRow,
+    KeypairRow,
+    MetaRow,
+    ResourcePolicyRow,
+    SessionDependencyRow,
+    SessionRow,
+    StatusHistoryRow,
+    utcnow,
+)
+
+DEFAULT_POLICY = "default"
+
+
+@dataclass(frozen=True)
+class Scope:
+    """Whose sessions a query may see: one owner's, or (``owner=None``) everyone's."""
+
+    owner: str | None
+
+    @classmethod
+    def everyone(cls) -> Scope:
+        return cls(None)
+
+
+@dataclass(frozen=True)
+class KernelData:
+    id: str
+    session_id: str
+    name: str
+    cluster_role: str
+    cluster_idx: int
+    status: SessionStatus
+    status_info: str
+    agent_id: str | None
+    container_id: str | None
+    connection: dict[str, Any]
+    created_at: datetime
+    terminated_at: datetime | None
+
+    @classmethod
+    def of(cls, row: KernelRow) -> KernelData:
+        return cls(
+            id=row.id,
+            session_id=row.session_id,
+            name=row.name,
+            cluster_role=row.cluster_role,
+            cluster_idx=row.cluster_idx,
+            status=SessionStatus(row.status),
+            status_info=row.status_info,
+            agent_id=row.agent_id,
+            container_id=row.container_id,
+            connection=dict(row.connection or {}),
+            created_at=row.created_at,
+            terminated_at=row.terminated_at,
+        )
+
+
+@dataclass(frozen=True)
+class SessionData:
+    id: str
+    name: str
+    owner_access_key: str
+    status: SessionStatus
+    status_info: str
+    status_data: dict[str, Any]
+    status_changed_at: datetime
+    result: str
+    exit_code: int | None
+    type: str
+    image: str
+    resources: dict[str, Any]
+    cluster_mode: str
+    cluster_size: int
+    scaling_group: str
+    tag: str | None
+    priority: int
+    params: dict[str, Any]
+    restarted_from: str | None
+    created_at: datetime
+    terminated_at: datetime | None
+    kernels: tuple[KernelData, ...]
+    depends_on: tuple[str, ...] = ()
+
+    @property
+    def main_kernel(self) -> KernelData | None:
+        return next((k for k in self.kernels if k.cluster_role == "main"), None)
+
+    @classmethod
+    def of(cls, row: SessionRow, depends_on: Iterable[str] = ()) -> SessionData:
+        return cls(
+            id=row.id,
+            name=row.name,
+            owner_access_key=row.owner_access_key,
+            status=SessionStatus(row.status),
+            status_info=row.status_info,
+            status_data=dict(row.status_data or {}),
+            status_changed_at=row.status_changed_at,
+            result=row.result,
+            exit_code=row.exit_code,
+            type=row.type,
+            image=row.image,
+            resources=dict(row.resources or {}),
+            cluster_mode=row.cluster_mode,
+            cluster_size=row.cluster_size,
+            scaling_group=row.scaling_group,
+            tag=row.tag,
+            priority=row.priority,
+            params=dict(row.params or {}),
+            restarted_from=row.restarted_from,
+            created_at=row.created_at,
+            terminated_at=row.terminated_at,
+            kernels=tuple(KernelData.of(k) for k in row.kernels),
+            depends_on=tuple(depends_on),
+        )
+
+
+@dataclass(frozen=True)
+class NewKernel:
+    name: str
+    cluster_role: str
+    cluster_idx: int
+
+
+@dataclass(frozen=True)
+class NewSession:
+    """A validated creation request, ready to be stored as PENDING."""
+
+    name: str
+    owner_access_key: str
+    image: str
+    type: str
+    resources: dict[str, Any]
+    cluster_mode: str
+    cluster_size: int
+    scaling_group: str
+    tag: str | None
+    priority: int
+    params: dict[str, Any]
+    kernels: tuple[NewKernel, ...]
+    restarted_from: str | None = None
+    depends_on: tuple[str, ...] = ()
+    id: str = field(default_factory=lambda: str(uuid.uuid4()))
+
+
+@dataclass(frozen=True)
+class HistoryEntry:
+    kernel: str | None
+    from_status: str | None
+    to_status: str
+    reason: str
+    at: datetime
+
+
+@dataclass(frozen=True)
+class KeypairData:
+    access_key: str
+    user: str
+    is_admin: bool
+    is_owner: bool
+    resource_policy: str
+    created_at: datetime
+    revoked_at: datetime | None
+
+
+@dataclass(frozen=True)
+class AgentData:
+    id: str
+    kind: str
+    url: str
+    scaling_group: str
+    status: str
+    status_info: str
+    capacity: dict[str, Any]
+    first_seen: datetime
+    last_seen: datetime
+
+
+@dataclass(frozen=True)
+class AuditEntry:
+    at: datetime
+    access_key: str | None
+    action: str
+    target: str | None
+    outcome: str
+    error: str | None
+    duration_ms: int
+
+
+def _depends_on(db: Session, session_id: str) -> list[str]:
+    return list(
+        db.scalars(
+            select(SessionDependencyRow.depends_on).where(
+                SessionDependencyRow.session_id == session_id
+            )
+        )
+    )
+
+
+def _keypair(row: KeypairRow) -> KeypairData:
+    return KeypairData(
+        access_key=row.access_key,
+        user=row.user,
+        is_admin=row.is_admin,
+        is_owner=row.is_owner,
+        resource_policy=row.resource_policy,
+        created_at=row.created_at,
+        revoked_at=row.revoked_at,
+    )
+
+
+class SessionRepository:
+    """Sessions, kernels and their history; plus the few small tables the foundation needs."""
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    # --- installation and identity -------------------------------------------------------
+
+    async def installation_id(self) -> str:
+        """This installation's id, made on first start; labels every container it owns."""
+
+        def work(db: Session) -> str:
+            row = db.get(MetaRow, "installation_id")
+            if row is None:
+                row = MetaRow(key="installation_id", value=uuid.uuid4().hex[:12])
+                db.add(row)
+            return row.value
+
+        return await self.db.run(work)
+
+    async def ensure_owner_keypair(self, user: str) -> KeypairData:
+        """The server owner's keypair (admin), made on first start; renamed if the user changed."""
+
+        def work(db: Session) -> KeypairData:
+            if db.get(ResourcePolicyRow, DEFAULT_POLICY) is None:
+                db.add(ResourcePolicyRow(name=DEFAULT_POLICY))
+                db.flush()
+            row = db.scalars(select(KeypairRow).where(KeypairRow.is_owner.is_(True))).first()
+            if row is None:
+                row = KeypairRow(
+                    access_key="AKOWNER" + secrets.token_hex(8).upper(),
+                    secret_key=secrets.token_urlsafe(32),
+                    user=user,
+                    is_admin=True,
+                    is_owner=True,
+                    resource_policy=DEFAULT_POLICY,
+                )
+                db.add(row)
+            row.user = user
+            return _keypair(row)
+
+        return await self.db.run(work)
+
+    # --- sessions ------------------------------------------------------------------------
+
+    async def create_session(self, new: NewSession) -> SessionData:
+        """Store a PENDING session with its kernels; a taken name is a Conflict (409)."""
+
+        def work(db: Session) -> SessionData:
+            now = utcnow()
+            row = SessionRow(
+                id=new.id,
+                name=new.name,
+                owner_access_key=new.owner_access_key,
+                status=SessionStatus.PENDING,
+                status_info="queued",
+                status_changed_at=now,
+                type=new.type,
+                image=new.image,
+                resources=new.resources,
+                cluster_mode=new.cluster_mode,
+                cluster_size=new.cluster_size,
+                scaling_group=new.scaling_group,
+                tag=new.tag,
+                priority=new.priority,
+                params=new.params,
+                restarted_from=new.restarted_from,
+                created_at=now,
+            )
+            db.add(row)
+            for k in new.kernels:
+                db.add(
+                    KernelRow(
+                        id=str(uuid.uuid4()),
+                        session_id=new.id,
+                        name=k.name,
+                        cluster_role=k.cluster_role,
+                        cluster_idx=k.cluster_idx,
+                        status=SessionStatus.PENDING,
+                        created_at=now,
+                    )
+                )
+            for dep in new.depends_on:
+                db.add(SessionDependencyRow(session_id=new.id, depends_on=dep))
+            db.add(
+                StatusHistoryRow(
+                    session_id=new.id,
+                    from_status=None,
+                    to_status="PENDING",
+                    reason="queued",
+                    at=now,
+                )
+            )
+            db.flush()
+            db.refresh(row)
+            return SessionData.of(row, new.depends_on)
+
+        try:
+            return await self.db.run(work)
+        except IntegrityError as exc:
+            if "ix_sessions_owner_name_active" in str(exc) or "UNIQUE" in str(exc).upper():
+                raise Conflict(
+                    f"a session named {new.name!r} already exists", field="name"
+                ) from None
+            raise
+
+    async def find_active_by_name(self, owner: str, name: str) -> SessionData | None:
+        def work(db: Session) -> SessionData | None:
+            row = db.scalars(
+                select(SessionRow).where(
+                    SessionRow.owner_access_key == owner,
+                    SessionRow.name == name,
+                    SessionRow.status.not_in([str(s) for s in TERMINAL_STATUSES]),
+                )
+            ).first()
+            return SessionData.of(row, _depends_on(db, row.id)) if row else None
+
+        return await self.db.run(work)
+
+    async def resolve(self, ref: str, scope: Scope, *, name_owner: str | None) -> SessionData:
+        """A session by id (within scope) or by the name of one of ``name_owner``'s active ones."""
+
+        def work(db: Session) -> SessionData:
+            row: SessionRow | None = None
+            if is_session_id(ref):
+                row = db.get(SessionRow, str(uuid.UUID(ref)))
+                if (
+                    row is not None
+                    and scope.owner is not None
+                    and row.owner_access_key != scope.owner
+                ):
+                    row = None
+            elif name_owner is not None:
+                row = db.scalars(
+                    select(SessionRow).where(
+                        SessionRow.owner_access_key == name_owner,
+                        SessionRow.name == ref,
+                        SessionRow.status.not_in([str(s) for s in TERMINAL_STATUSES]),
+                    )
+                ).first()
+            if row is None:
+                raise NotFound(f"no session {ref!r}")
+            return SessionData.of(row, _depends_on(db, row.id))
+
+        return await self.db.run(work)
+
+    async def get(self, session_id: str) -> SessionData:
+        def work(db: Session) -> SessionData:
+            row = db.get(SessionRow, session_id)
+            if row is None:
+                raise NotFound(f"no session {session_id!r}")
+            return SessionData.of(row, _depends_on(db, row.id))
+
+        return await self.db.run(work)
+
+    async def list_sessions(
+        self,
+        scope: Scope,
+        *,
+        statuses: Sequence[SessionStatus] = (),
+        match: str | None = None,
+        limit: int = 100,
+        offset: int = 0,
+    ) -> tuple[list[SessionData], int]:
+        """A page of sessions, newest first, and the total matching count."""
+
+        def work(db: Session) -> tuple[list[SessionData], int]:
+            query = select(SessionRow)
+            if scope.owner is not None:
+                query = query.where(SessionRow.owner_access_key == scope.owner)
+            if statuses:
+                query = query.where(SessionRow.status.in_([str(s) for s in statuses]))
+            if match:
+                escaped = match.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+                query = query.where(
+                    or_(
+                        SessionRow.name.like(escaped + "%", escape="\\"),
+                        SessionRow.id.like(escaped.lower() + "%", escape="\\"),
+                    )
+                )
+            total = db.scalar(select(func.count()).select_from(query.subquery())) or 0
+            rows = db.scalars(
+                query.order_by(SessionRow.created_at.desc(), SessionRow.id)
+                .limit(limit)
+                .offset(offset)
+            ).all()
+            return [SessionData.of(r, _depends_on(db, r.id)) for r in rows], total
+
+        return await self.db.run(work)
+
+    async def in_statuses(self, statuses: Iterable[SessionStatus]) -> list[SessionData]:
+        """Sessions in any of ``statuses``, oldest first (the scheduler's FIFO order)."""
+
+        def work(db: Session) -> list[SessionData]:
+            rows = db.scalars(
+                select(SessionRow)
+                .where(SessionRow.status.in_([str(s) for s in statuses]))
+                .order_by(SessionRow.created_at, SessionRow.id)
+            ).all()
+            return [SessionData.of(r, _depends_on(db, r.id)) for r in rows]
+
+        return await self.db.run(work)
+
+    async def transit(
+        self,
+        session_id: str,
+        target: SessionStatus,
+        reason: str,
+        *,
+        expected: Iterable[SessionStatus] | None = None,
+        kernels_too: bool = True,
+        status_data: dict[str, Any] | None = None,
+    ) -> SessionData:
+        """Move a session (and, by default, its live kernels) to ``target``, checked and logged.
+
+        ``expected`` narrows the allowed current statuses (a guard against races); an illegal
+        or unexpected current status raises InvalidStatus naming it.
+        """
+
+        allowed = frozenset(expected) if expected is not None else None
+
+        def work(db: Session) -> SessionData:
+            row = db.get(SessionRow, session_id)
+            if row is None:
+                raise NotFound(f"no session {session_id!r}")
+            current = SessionStatus(row.status)
+            if allowed is not None and current not in allowed:
+                raise InvalidStatus(
+                    f"the session is {current}, not {' or '.join(sorted(allowed))}",
+                    status=str(current),
+                )
+            check_transition(current, target)
+            now = utcnow()
+            row.status = target
+            row.status_info = reason
+            row.status_changed_at = now
+            if status_data is not None:
+                row.status_data = status_data
+            if target in TERMINAL_STATUSES:
+                row.terminated_at = now
+            db.add(
+                StatusHistoryRow(
+                    session_id=session_id,
+                    from_status=current,
+                    to_status=target,
+                    reason=reason,
+                    at=now,
+                )
+            )
+            if kernels_too:
+                for kernel in row.kernels:
+                    if SessionStatus(kernel.status) in TERMINAL_STATUSES:
+                        continue
+                    kernel.status = target
+                    kernel.status_info = reason
+                    if target in TERMINAL_STATUSES:
+                        kernel.terminated_at = now
+            db.flush()
+            return SessionData.of(row, _depends_on(db, row.id))
+
+        return await self.db.run(work)
+
+    async def set_kernel_placement(
+        self,
+        kernel_id: str,
+        *,
+        agent_id: str | None = None,
+        container_id: str | None = None,
+        connection: dict[str, Any] | None = None,
+    ) -> None:
+        """Record where a kernel runs and how to reach it."""
+
+        def work(db: Session) -> None:
+            row = db.get(KernelRow, kernel_id)
+            if row is None:
+                raise NotFound(f"no kernel {kernel_id!r}")
+            if agent_id is not None:
+                row.agent_id = agent_id
+            if container_id is not None:
+                row.container_id = container_id
+            if connection is not None:
+                row.connection = connection
+
+        await self.db.run(work)
+
+    async def status_history(self, session_id: str) -> list[HistoryEntry]:
+        def work(db: Session) -> list[HistoryEntry]:
+            rows = db.scalars(
+                select(StatusHistoryRow)
+                .where(StatusHistoryRow.session_id == session_id)
+                .order_by(StatusHistoryRow.id)
+            ).all()
+            return [
+                HistoryEntry(r.kernel, r.from_status, r.to_status, r.reason, r.at) for r in rows
+            ]
+
+        return await self.db.run(work)
+
+    # --- agents ------------------------------------------------------------------------------
+
+    async def upsert_agent(
+        self,
+        agent_id: str,
+        *,
+        kind: str,
+        url: str,
+        scaling_group: str,
+        status: str,
+        status_info: str,
+        capacity: dict[str, Any],
+    ) -> None:
+        def work(db: Session) -> None:
+            row = db.get(AgentRow, agent_id)
+            if row is None:
+                row = AgentRow(id=agent_id)
+                db.add(row)
+            row.kind, row.url, row.scaling_group = kind, url, scaling_group
+            row.status, row.status_info = status, status_info
+            if capacity:
+                row.capacity = capacity
+            row.last_seen = utcnow()
+
+        await self.db.run(work)
+
+    async def list_agents(self) -> list[AgentData]:
+        def work(db: Session) -> list[AgentData]:
+            rows = db.scalars(select(AgentRow).order_by(AgentRow.id)).all()
+            return [
+                AgentData(
+                    r.id,
+                    r.kind,
+                    r.url,
+                    r.scaling_group,
+                    r.status,
+                    r.status_info,
+                    dict(r.capacity or {}),
+                    r.first_seen,
+                    r.last_seen,
+                )
+                for r in rows
+            ]
+
+        return await self.db.run(work)
+
+    # --- audit ----------------------------------------------------------------------------
+
+    async def write_audit(self, entries: Sequence[AuditEntry]) -> None:
+        def work(db: Session) -> None:
+            db.add_all(
+                AuditLogRow(
+                    at=e.at,
+                    access_key=e.access_key,
+                    action=e.action,
+                    target=e.target,
+                    outcome=e.outcome,
+                    error=e.error,
+                    duration_ms=e.duration_ms,
+                )
+                for e in entries
+            )
+
+        await self.db.run(work)
+
+    async def audit_log(self, limit: int = 100) -> list[AuditEntry]:
+        def work(db: Session) -> list[AuditEntry]:
+            rows = db.scalars(select(AuditLogRow).order_by(AuditLogRow.id.desc()).limit(limit))
+            return [
+                AuditEntry(
+                    r.at, r.access_key, r.action, r.target, r.outcome, r.error, r.duration_ms
+                )
+                for r in rows
+            ]
+
+        return await self.db.run(work)

@@ -1,0 +1,461 @@
+"""SessionService: one coroutine per action, the business logic of sessions.
+
+The service validates what needs configuration or state, moves sessions through the transition
+map (every move logged in the status history and published as an event), and drives agents to
+start and tear down kernels. It never imports tornado; handlers reach it only through processors.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import secrets
+from collections.abc import Coroutine, Iterable
+from dataclasses import dataclass, field
+from datetime import timedelta
+from decimal import Decimal
+from typing import Any
+
+from .actions.base import SessionRefAction
+from .actions.info import AgentEntry, ImageEntry, ListAgentsAction, ListImagesAction
+from .actions.lifecycle import (
+    CreateFromParamsAction,
+    CreateSessionResult,
+    DestroySessionAction,
+    DestroySessionResult,
+    GetSessionInfoAction,
+    GetStatusHistoryAction,
+    ListSessionsAction,
+    ListSessionsResult,
+    StatusHistoryResult,
+)
+from .agents.base import Agent, AgentRegistry, KernelSpec
+from .errors import (
+    AgentUnavailable,
+    InvalidRequest,
+    InvalidStatus,
+    PermissionDenied,
+    SessionsError,
+)
+from .events import Event, EventHub
+from .identity import Caller
+from .kernels.connection import KernelConnections
+from .repository.orm import utcnow
+from .repository.repository import NewKernel, NewSession, Scope, SessionData, SessionRepository
+from .types import (
+    TERMINAL_STATUSES,
+    ResourceSlot,
+    SessionStatus,
+)
+
+S = SessionStatus
+#: Statuses that end the wait of a create call that did not ask for ``enqueue_only``.
+SETTLED_STATUSES = frozenset({S.RUNNING, S.RUNNING_DEGRADED, S.ERROR, S.TERMINATED, S.CANCELLED})
+MIN_MEMORY = 64 * 2**20
+
+
+@dataclass
+class ServiceConfig:
+    """The knobs the service reads (set from SessionsApp traitlets)."""
+
+    default_image: str
+    allowed_images: list[str]
+    default_resources: ResourceSlot
+    max_session_resources: ResourceSlot
+    #: Seconds a session may stay in each transitional status before it is moved to ERROR.
+    deadlines: dict[SessionStatus, float] = field(default_factory=dict)
+
+
+class SessionService:
+    def __init__(
+        self,
+        repository: SessionRepository,
+        agents: AgentRegistry,
+        connections: KernelConnections,
+        hub: EventHub,
+        config: ServiceConfig,
+        log: logging.Logger | None = None,
+    ) -> None:
+        self.repository = repository
+        self.agents = agents
+        self.connections = connections
+        self.hub = hub
+        self.config = config
+        self.log = log or logging.getLogger(__name__)
+        #: Start and teardown tasks in flight, by session id (never two for one session).
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._others: set[asyncio.Task[None]] = set()
+        self._wake_scheduler: asyncio.Event | None = None
+
+    def attach_scheduler_wakeup(self, wakeup: asyncio.Event) -> None:
+        self._wake_scheduler = wakeup
+
+    # --- helpers ---------------------------------------------------------------------------
+
+    @staticmethod
+    def _scope(caller: Caller, owner_access_key: str | None) -> Scope:
+        """Non-admins see their own sessions; admins see any by id, or act for another key."""
+        if owner_access_key and owner_access_key != caller.access_key:
+            if not caller.is_admin:
+                raise PermissionDenied("only admins may act for another access key")
+            return Scope(owner_access_key)
+        return Scope.everyone() if caller.is_admin else Scope(caller.access_key)
+
+    async def _resolve(self, action: SessionRefAction) -> SessionData:
+        scope = self._scope(action.caller, action.owner_access_key)
+        name_owner = action.owner_access_key or action.caller.access_key
+        return await self.repository.resolve(action.ref, scope, name_owner=name_owner)
+
+    async def _transit(
+        self,
+        session_id: str,
+        target: SessionStatus,
+        reason: str,
+        *,
+        expected: Iterable[SessionStatus] | None = None,
+    ) -> SessionData:
+        session = await self.repository.transit(session_id, target, reason, expected=expected)
+        self.log.info("session %s (%s) → %s: %s", session.name, session.id, target, reason)
+        self.hub.publish(
+            Event(
+                "session_status",
+                session.owner_access_key,
+                {
+                    "session_id": session.id,
+                    "status": str(target),
+                    "reason": reason,
+                    "at": session.status_changed_at.isoformat(),
+                },
+            )
+        )
+        return session
+
+    def _spawn(self, session_id: str, coro: Coroutine[Any, Any, None]) -> None:
+        """Run the one start task of a session; ``is_busy`` is true while it runs."""
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks[session_id] = task
+
+        def forget(done: asyncio.Task[None]) -> None:
+            if self._tasks.get(session_id) is done:
+                del self._tasks[session_id]
+
+        task.add_done_callback(forget)
+
+    def _background(self, coro: Coroutine[Any, Any, None]) -> None:
+        """Run work that outlives the request (teardown), holding a reference until it ends."""
+        task = asyncio.get_running_loop().create_task(coro)
+        self._others.add(task)
+        task.add_done_callback(self._others.discard)
+
+    async def close(self) -> None:
+        """Cancel start tasks and wait for teardowns (at server stop)."""
+        for task in list(self._tasks.values()):
+            task.cancel()
+        pending = [*self._tasks.values(), *self._others]
+        if pending:
+            await asyncio.wait(pending, timeout=30)
+
+    def _check_image(self, image: str) -> None:
+        if image not in self.config.allowed_images:
+            allowed = ", ".join(self.config.allowed_images) or "(none configured)"
+            raise InvalidRequest(
+                f"image {image!r} is not allowed; allowed images: {allowed}",
+                field="image",
+                allowed=self.config.allowed_images,
+            )
+
+    async def _check_resources(self, resources: ResourceSlot, scaling_group: str) -> None:
+        if resources.get("cpu") <= 0:
+            raise InvalidRequest("resources.cpu must be more than 0", field="resources.cpu")
+        if resources.get("mem") < MIN_MEMORY:
+            raise InvalidRequest("resources.mem must be at least 64m", field="resources.mem")
+        over = resources.exceeding(self.config.max_session_resources)
+        if over:
+            raise PermissionDenied(
+                f"resources exceed the per-session limit on {', '.join(over)}",
+                limit=self.config.max_session_resources.to_json(),
+            )
+        largest = await self.agents.largest_capacity(scaling_group)
+        over = resources.exceeding(largest)
+        if over:
+            raise PermissionDenied(
+                f"resources exceed what the largest agent offers on {', '.join(over)}",
+                largest_agent=largest.to_json(),
+            )
+
+    # --- actions -----------------------------------------------------------------------------
+
+    async def create_from_params(self, action: CreateFromParamsAction) -> CreateSessionResult:
+        params, caller = action.params, action.caller
+        if params.reuse_if_exists and params.name:
+            existing = await self.repository.find_active_by_name(caller.access_key, params.name)
+            if existing is not None:
+                return CreateSessionResult(existing, created=False)
+        image = params.image or self.config.default_image
+        self._check_image(image)
+        resources = params.resources.merged_over(self.config.default_resources)
+        await self._check_resources(resources, params.scaling_group)
+        new = NewSession(
+            name=params.name or f"sess-{secrets.token_hex(4)}",
+            owner_access_key=caller.access_key,
+            image=image,
+            type=str(params.type),
+            resources=resources.to_json(),
+            cluster_mode=str(params.cluster_mode),
+            cluster_size=params.cluster_size,
+            scaling_group=params.scaling_group,
+            tag=params.tag,
+            priority=0,
+            # Kept to run the session again on restart; environ may hold secrets, so it stays
+            # server-side (never returned, and never baked into committed images).
+            params={"environ": params.environ},
+            kernels=(NewKernel("main1", "main", 1),),
+        )
+        with self.hub.subscribe() as events:
+            session = await self.repository.create_session(new)
+            if self._wake_scheduler is not None:
+                self._wake_scheduler.set()
+            if not params.enqueue_only and params.max_wait_seconds > 0:
+                session = await self._wait_settled(session, events, params.max_wait_seconds)
+        return CreateSessionResult(session, created=True)
+
+    async def _wait_settled(
+        self, session: SessionData, events: asyncio.Queue[Event], timeout: float
+    ) -> SessionData:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while session.status not in SETTLED_STATUSES:
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                break
+            try:
+                event = await asyncio.wait_for(events.get(), remaining)
+            except TimeoutError:
+                break
+            if event.kind == "session_status" and event.data.get("session_id") == session.id:
+                session = await self.repository.get(session.id)
+        return session
+
+    async def list_sessions(self, action: ListSessionsAction) -> ListSessionsResult:
+        caller = action.caller
+        acting_for_another = action.owner_access_key not in (None, caller.access_key)
+        if acting_for_another and not caller.is_admin:
+            raise PermissionDenied("only admins may list another access key's sessions")
+        scope = Scope(action.owner_access_key or caller.access_key)
+        sessions, total = await self.repository.list_sessions(
+            scope,
+            statuses=action.statuses,
+            match=action.match,
+            limit=action.limit,
+            offset=action.offset,
+        )
+        return ListSessionsResult(sessions, total)
+
+    async def get_session_info(self, action: GetSessionInfoAction) -> SessionData:
+        return await self._resolve(action)
+
+    async def get_status_history(self, action: GetStatusHistoryAction) -> StatusHistoryResult:
+        session = await self._resolve(action)
+        return StatusHistoryResult(session, await self.repository.status_history(session.id))
+
+    async def destroy_session(self, action: DestroySessionAction) -> DestroySessionResult:
+        session = await self._resolve(action)
+        if session.status in TERMINAL_STATUSES:
+            raise InvalidStatus(
+                f"the session is already {session.status}", status=str(session.status)
+            )
+        if session.status in (S.PENDING, S.SCHEDULED):
+            session = await self._transit(
+                session.id, S.CANCELLED, "user-requested", expected={S.PENDING, S.SCHEDULED}
+            )
+            return DestroySessionResult(session, finished=True)
+        reason = "force-terminated" if action.forced else "user-requested"
+        if session.status is not S.TERMINATING:
+            session = await self._transit(session.id, S.TERMINATING, reason)
+        # A start in flight notices TERMINATING when its container is up and removes it; forced
+        # means: remove whatever exists now (and the start task removes what comes after).
+        if action.forced or not self.is_busy(session.id):
+            self._background(self._teardown(session.id, action.forced))
+        return DestroySessionResult(session, finished=False)
+
+    async def list_images(self, action: ListImagesAction) -> list[ImageEntry]:
+        present: dict[str, tuple[list[str], int, dict[str, str]]] = {}
+        for agent in self.agents:
+            if not (await agent.info()).reachable:
+                continue
+            for image in await agent.list_images():
+                agents, _size, _labels = present.setdefault(
+                    image.name, ([], image.size, image.labels)
+                )
+                agents.append(agent.id)
+        entries = []
+        for name in self.config.allowed_images:
+            agents, size, labels = present.get(name, ([], None, {}))
+            entries.append(
+                ImageEntry(
+                    name=name,
+                    present=bool(agents),
+                    is_default=name == self.config.default_image,
+                    agents=agents,
+                    size=size,
+                    labels=labels,
+                )
+            )
+        return entries
+
+    async def list_agents(self, action: ListAgentsAction) -> list[AgentEntry]:
+        await self.refresh_agents()
+        return [
+            AgentEntry(
+                a.id,
+                a.kind,
+                a.url,
+                a.scaling_group,
+                a.status,
+                a.status_info,
+                a.capacity,
+                a.last_seen.isoformat(),
+            )
+            for a in await self.repository.list_agents()
+            if any(a.id == configured.id for configured in self.agents)
+        ]
+
+    async def refresh_agents(self) -> None:
+        """Probe every configured agent and record what it said."""
+        for agent in self.agents:
+            info = await agent.info()
+            await self.repository.upsert_agent(
+                agent.id,
+                kind=agent.kind,
+                url=agent.url,
+                scaling_group=agent.scaling_group,
+                status="ALIVE" if info.reachable else "LOST",
+                status_info=info.detail,
+                capacity=info.capacity.to_json(),
+            )
+
+    # --- the work behind the statuses (called by the scheduler and the sweeper) -------------
+
+    def is_busy(self, session_id: str) -> bool:
+        return session_id in self._tasks
+
+    def start(self, session: SessionData, agent: Agent) -> None:
+        """Start a PENDING session on ``agent`` in the background."""
+        self._spawn(session.id, self._start(session, agent))
+
+    async def _start(self, session: SessionData, agent: Agent) -> None:
+        kernel = session.main_kernel
+        assert kernel is not None
+        created = False
+        try:
+            await self._transit(
+                session.id, S.SCHEDULED, f"placed on agent {agent.id}", expected={S.PENDING}
+            )
+            await self.repository.set_kernel_placement(kernel.id, agent_id=agent.id)
+            await self._transit(session.id, S.PREPARING, "checking the image")
+            if not await agent.has_image(session.image):
+                raise InvalidRequest(f"image {session.image!r} is not present on agent {agent.id}")
+            await self._transit(session.id, S.PREPARED, "image present")
+            await self._transit(session.id, S.CREATING, "creating the container")
+            spec = KernelSpec(
+                session_id=session.id,
+                kernel_name=kernel.name,
+                image=session.image,
+                resources=ResourceSlot({k: Decimal(str(v)) for k, v in session.resources.items()}),
+                environ=session.params.get("environ", {}),
+                key=secrets.token_hex(32),
+            )
+            handle = await agent.create_kernel(spec)
+            created = True
+            await self.repository.set_kernel_placement(
+                kernel.id, container_id=handle.container_id, connection=handle.connection
+            )
+            if (await self.repository.get(session.id)).status is not S.CREATING:
+                raise InvalidStatus("the session left CREATING while its container started")
+            timeout = self.config.deadlines.get(S.CREATING, 120.0)
+            await self.connections.wait_ready(kernel.id, handle.connection, timeout)
+            await self._transit(session.id, S.RUNNING, "kernel ready", expected={S.CREATING})
+        except asyncio.CancelledError:
+            raise
+        except InvalidStatus:
+            # Destroyed (or swept) while starting: whoever moved it decides; clean up if ending.
+            current = await self.repository.get(session.id)
+            if current.status is S.TERMINATING or (created and current.status in TERMINAL_STATUSES):
+                await self._teardown(session.id, forced=True)
+        except SessionsError as exc:
+            await self._fail(session.id, exc.message)
+        except Exception as exc:
+            self.log.exception("starting session %s failed", session.id)
+            await self._fail(session.id, f"internal error while starting: {type(exc).__name__}")
+
+    async def _fail(self, session_id: str, reason: str) -> None:
+        with contextlib.suppress(InvalidStatus):
+            await self._transit(session_id, S.ERROR, reason)
+
+    async def _teardown(self, session_id: str, forced: bool) -> None:
+        """Remove a TERMINATING session's containers and work volume, then TERMINATED."""
+        session = await self.repository.get(session_id)
+        try:
+            agent: Agent | None = None
+            for kernel in session.kernels:
+                self.connections.close(kernel.id)
+                if kernel.agent_id is None:
+                    continue
+                agent = self.agents.get(kernel.agent_id)
+                ref = kernel.container_id or agent.kernel_ref(session.id, kernel.name)
+                await agent.destroy_kernel(ref, forced=forced)
+            if agent is not None:
+                await agent.remove_session_storage(session.id)
+        except SessionsError as exc:
+            await self._fail(session_id, f"teardown failed: {exc.message}")
+            return
+        with contextlib.suppress(InvalidStatus):
+            await self._transit(
+                session_id,
+                S.TERMINATED,
+                session.status_info or "destroyed",
+                expected={S.TERMINATING},
+            )
+
+    async def sweep(self) -> None:
+        """Move sessions past their status deadline, or whose container vanished, to ERROR."""
+        now = utcnow()
+        watched = set(self.config.deadlines) | {S.RUNNING, S.RUNNING_DEGRADED}
+        for session in await self.repository.in_statuses(watched):
+            limit = self.config.deadlines.get(session.status)
+            if limit is not None and now - session.status_changed_at > timedelta(seconds=limit):
+                if self.is_busy(session.id) and session.status is not S.TERMINATING:
+                    task = self._tasks.get(session.id)
+                    if task is not None:
+                        task.cancel()
+                target = S.TERMINATED if session.status is S.TERMINATING else S.ERROR
+                with contextlib.suppress(InvalidStatus):
+                    await self._transit(
+                        session.id,
+                        target,
+                        f"deadline: {session.status} for more than {limit:g} s",
+                        expected={session.status},
+                    )
+                continue
+            if session.status in (S.RUNNING, S.RUNNING_DEGRADED):
+                await self._check_alive(session)
+
+    async def _check_alive(self, session: SessionData) -> None:
+        kernel = session.main_kernel
+        if kernel is None or kernel.agent_id is None or kernel.container_id is None:
+            return
+        try:
+            agent = self.agents.get(kernel.agent_id)
+            alive = await agent.kernel_exists(kernel.container_id)
+        except (AgentUnavailable, SessionsError):
+            return  # an unreachable engine is not a vanished container
+        if not alive:
+            self.connections.close(kernel.id)
+            with contextlib.suppress(InvalidStatus):
+                await self._transit(
+                    session.id,
+                    S.ERROR,
+                    "the kernel's container vanished",
+                    expected={session.status},
+                )

@@ -1,0 +1,65 @@
+#!/usr/bin/env bash
+# Idempotent set-up shared by scripts/run.sh and scripts/test.sh:
+#   1. a virtualenv (.venv) with jupyter_sessions installed editable, with its test and dev tools;
+#   2. a Docker engine: installed from Debian (docker.io) and started when none answers
+#      (needs root; with --optional, a machine where that fails goes on without Docker);
+#   3. the default kernel image, built offline (debootstrap) unless its tag is present.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+optional_docker=0
+[ "${1:-}" = "--optional-docker" ] && optional_docker=1
+
+say() { printf '\033[1m[setup]\033[0m %s\n' "$*" >&2; }
+PY=${PYTHON:-python3}
+
+if [ ! -x .venv/bin/python ]; then
+  say "creating .venv"
+  "$PY" -m venv .venv
+fi
+if ! .venv/bin/python -c "import jupyter_sessions, pytest_jupyter, ruff, mypy, jupyterlab" 2>/dev/null \
+   || [ pyproject.toml -nt .venv/.installed ]; then
+  say "installing jupyter_sessions and its dev tools into .venv"
+  .venv/bin/python -m pip install -q --disable-pip-version-check -U pip
+  .venv/bin/python -m pip install -q --disable-pip-version-check -e ".[dev]"
+  touch .venv/.installed
+fi
+
+docker_answers() { docker info >/dev/null 2>&1; }
+
+start_docker() {
+  if ! command -v dockerd >/dev/null 2>&1; then
+    [ "$(id -u)" = 0 ] || { say "no Docker engine and not root: cannot install one"; return 1; }
+    say "installing Docker (docker.io) and debootstrap from Debian"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq docker.io debootstrap iptables >/dev/null
+  fi
+  if ! command -v debootstrap >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq debootstrap >/dev/null
+  fi
+  if ! docker_answers; then
+    [ "$(id -u)" = 0 ] || { say "Docker engine not running and not root: cannot start it"; return 1; }
+    say "starting dockerd (log: /var/log/jupyter-sessions-dockerd.log)"
+    # No systemd here. The userland proxy stays off (kernel traffic is a loopback DNAT, not a
+    # process hop); the address pool holds 1024 /24 networks (clusters get one each).
+    nohup dockerd --userland-proxy=false \
+      --default-address-pool base=10.200.0.0/14,size=24 \
+      >/var/log/jupyter-sessions-dockerd.log 2>&1 &
+    for _ in $(seq 60); do docker_answers && break; sleep 1; done
+    docker_answers || { say "dockerd did not come up:"; tail -20 /var/log/jupyter-sessions-dockerd.log >&2; return 1; }
+  fi
+}
+
+if start_docker; then
+  tag=$(.venv/bin/jupyter-sessions image-tag)
+  if docker image inspect "$tag" >/dev/null 2>&1; then
+    say "kernel image $tag present"
+  else
+    say "building kernel image $tag (a few minutes, once)"
+    .venv/bin/jupyter-sessions build-image >/dev/null
+  fi
+elif [ "$optional_docker" = 1 ]; then
+  say "no Docker engine: sessions will not be available (see README)"
+else
+  say "a Docker engine is required here"; exit 1
+fi
