@@ -58,7 +58,7 @@ class SessionsApp(ExtensionApp):
         config=True,
         help="""SQLAlchemy URL of the session store. Empty: a SQLite file (WAL) at
         <jupyter data dir>/jupyter_sessions/sessions.db, readable by the server's user alone.
-        PostgreSQL (postgresql+psycopg://...) lets several managers share the state.""",
+        Only SQLite is tested so far; PostgreSQL support is planned and not yet tested.""",
     )
     agents = Union(
         [Unicode(), List(Dict())],

@@ -86,6 +86,7 @@ class SessionService:
         #: Start and teardown tasks in flight, by session id (never two for one session).
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._others: set[asyncio.Task[None]] = set()
+        self._teardown_locks: dict[str, asyncio.Lock] = {}
         self._wake_scheduler: asyncio.Event | None = None
 
     def attach_scheduler_wakeup(self, wakeup: asyncio.Event) -> None:
@@ -395,6 +396,17 @@ class SessionService:
 
     async def _teardown(self, session_id: str, forced: bool) -> None:
         """Remove a TERMINATING session's containers and work volume, then TERMINATED."""
+        # One teardown per session at a time: a forced destroy and the start task it interrupted
+        # may both get here.
+        lock = self._teardown_locks.setdefault(session_id, asyncio.Lock())
+        try:
+            async with lock:
+                await self._teardown_locked(session_id, forced)
+        finally:
+            if not lock.locked():
+                self._teardown_locks.pop(session_id, None)
+
+    async def _teardown_locked(self, session_id: str, forced: bool) -> None:
         session = await self.repository.get(session_id)
         try:
             agent: Agent | None = None

@@ -71,6 +71,16 @@ def _connection_tar(connection: dict[str, Any]) -> bytes:
     return buffer.getvalue()
 
 
+def _wait_gone(client: docker.DockerClient, container_ref: str, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            client.containers.get(container_ref)
+        except docker.errors.NotFound:
+            return
+        time.sleep(0.1)
+
+
 class DockerAgent(Agent):
     """Kernels as containers on one Docker engine."""
 
@@ -289,6 +299,11 @@ class DockerAgent(Agent):
                 container.remove(force=True)
             except docker.errors.NotFound:
                 return
+            except docker.errors.APIError as exc:
+                # Another removal (e.g. the engine's own, or a racing teardown) got there first.
+                if exc.status_code != 409 or "in progress" not in str(exc.explanation):
+                    raise
+                _wait_gone(client, container_ref)
 
         await self._call(destroy, "remove kernel container")
 
