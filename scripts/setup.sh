@@ -40,10 +40,14 @@ start_docker() {
   if ! docker_answers; then
     [ "$(id -u)" = 0 ] || { say "Docker engine not running and not root: cannot start it"; return 1; }
     say "starting dockerd (log: /var/log/jupyter-sessions-dockerd.log)"
-    # No systemd here. The userland proxy stays off (kernel traffic is a loopback DNAT, not a
-    # process hop); the address pool holds 1024 /24 networks (clusters get one each).
-    nohup dockerd --userland-proxy=false \
-      --default-address-pool base=10.200.0.0/14,size=24 \
+    # No systemd here. Our own config file (so a host's daemon.json can't conflict): the userland
+    # proxy stays off (kernel traffic is a loopback DNAT, not a process hop), and the address pool
+    # holds 1024 /24 networks (clusters get one each).
+    mkdir -p /etc/jupyter-sessions
+    cat >/etc/jupyter-sessions/dockerd.json <<'JSON'
+{"userland-proxy": false, "default-address-pools": [{"base": "10.200.0.0/14", "size": 24}]}
+JSON
+    nohup dockerd --config-file /etc/jupyter-sessions/dockerd.json \
       >/var/log/jupyter-sessions-dockerd.log 2>&1 &
     for _ in $(seq 60); do docker_answers && break; sleep 1; done
     docker_answers || { say "dockerd did not come up:"; tail -20 /var/log/jupyter-sessions-dockerd.log >&2; return 1; }
