@@ -19,6 +19,7 @@ from traitlets import Dict, Float, Int, List, Unicode, Union, default, validate
 
 from .agents.base import Agent, AgentRegistry
 from .agents.docker import DockerAgent
+from .agents.local import LOCAL_IMAGE, LocalAgent
 from .errors import InvalidRequest
 from .events import EventHub
 from .handlers import default_handlers
@@ -64,11 +65,18 @@ class SessionsApp(ExtensionApp):
         [Unicode(), List(Dict())],
         default_value="auto",
         config=True,
-        help="""Where kernels run. "auto": the local Docker engine when one answers at start-up
-        (said loudly in the log and in GET agents). Or a list of agents, each
+        help="""Where kernels run. "auto": the local Docker engine when one answers at start-up,
+        else the local agent (subprocess kernels, NO isolation, image "local"); which one is said
+        loudly in the log and in GET agents. Or a list of agents, each
         {"id": "docker-1", "kind": "docker", "url": "unix:///var/run/docker.sock",
-        "scaling_group": "default", "kernel_host": "127.0.0.1"}; an explicitly configured agent
-        never falls back to another.""",
+        "scaling_group": "default", "kernel_host": "127.0.0.1"} or
+        {"id": "local", "kind": "local", "root_dir": "..."}; an explicitly configured agent never
+        falls back to another.""",
+    )
+    docker_url = Unicode(
+        config=True,
+        help="""The Docker engine that agents "auto" probes. Default: $DOCKER_HOST, else
+        unix:///var/run/docker.sock.""",
     )
     default_image = Unicode(
         config=True,
@@ -113,6 +121,25 @@ class SessionsApp(ExtensionApp):
         config=True,
         help="Seconds between sweeps for sessions past their deadline or whose container vanished.",
     )
+    execute_flush_interval = Float(
+        2.0,
+        config=True,
+        help="""Seconds an execute call waits for a run before answering "continued" with the
+        output so far (the client then calls again with mode "continue"). A request may set
+        options.flush_interval.""",
+    )
+    execute_timeout = Float(
+        0.0,
+        config=True,
+        help="""Seconds a run may take before it is interrupted and answers "exec-timeout"; 0 for
+        no limit. A request may set options.timeout.""",
+    )
+    execute_max_console_bytes = Int(
+        8 * 2**20,
+        config=True,
+        help="""Output one run may buffer while nobody polls it; past this the oldest output is
+        dropped and a "log" item says how much.""",
+    )
     container_pids_limit = Int(
         1024, config=True, help="Most processes one session container may run (Docker pids limit)."
     )
@@ -124,6 +151,10 @@ class SessionsApp(ExtensionApp):
     @default("allowed_images")
     def _default_allowed_images(self) -> list[str]:
         return [self.default_image]
+
+    @default("docker_url")
+    def _default_docker_url(self) -> str:
+        return os.environ.get("DOCKER_HOST") or "unix:///var/run/docker.sock"
 
     @default("owner_name")
     def _default_owner_name(self) -> str:
@@ -157,7 +188,7 @@ class SessionsApp(ExtensionApp):
         self.repository = SessionRepository(self.database)
         self.hub = EventHub()
         self.identity = IdentityResolver()
-        self.connections = KernelConnections()
+        self.connections = KernelConnections(max_console_bytes=self.execute_max_console_bytes)
         self.registry = AgentRegistry([], log=self.log)
         deadlines = {SessionStatus(k): float(v) for k, v in self.deadlines.items()}
         self.service = SessionService(
@@ -171,6 +202,8 @@ class SessionsApp(ExtensionApp):
                 default_resources=default_resources,
                 max_session_resources=max_resources,
                 deadlines=deadlines,
+                flush_interval=self.execute_flush_interval,
+                execute_timeout=self.execute_timeout,
             ),
             log=self.log,
         )
@@ -184,6 +217,17 @@ class SessionsApp(ExtensionApp):
             sweep_interval=self.sweep_interval,
             log=self.log,
         )
+        # Keypairs, resource policies, audit log; keypair users as guests of the server.
+        from .accounts import AccountProcessors, AccountService
+        from .identity import install_keypair_auth
+        from .repository.accounts import AccountRepository
+
+        self.accounts = AccountRepository(self.database)
+        self.account_service = AccountService(
+            self.accounts, read_audit=self.repository.audit_log, flush_audit=self.audit.flush
+        )
+        self.account_processors = AccountProcessors(self.account_service, [self.audit])
+        install_keypair_auth(self.serverapp, self.settings, self.accounts.credentials)
         self._started: asyncio.Future[None] | None = None
         self.log.info("jupyter_sessions: store at %s", self.database.url.render_as_string())
 
@@ -210,17 +254,34 @@ class SessionsApp(ExtensionApp):
         self.installation_id = installation_id
         owner = await self.repository.ensure_owner_keypair(self.owner_name)
         self.identity.set_owner(owner)
-        for agent in await self._make_agents(installation_id):
+        agents = await self._make_agents(installation_id)
+        for agent in agents:
             self.registry.add(agent)
+        if agents and all(a.kind == LocalAgent.kind for a in agents):
+            self._use_local_image()
         await self.service.refresh_agents()
         self.audit.start()
         self.scheduler.start()
+
+    def _local_root(self) -> Path:
+        root = Path(jupyter_data_dir()) / "jupyter_sessions" / "local"
+        root.parent.mkdir(parents=True, exist_ok=True)
+        return root
+
+    def _use_local_image(self) -> None:
+        """Local agents offer one pseudo-image; unless configured otherwise, sessions use it."""
+        configured = self.config.get("SessionsApp", {})
+        if "default_image" not in configured:
+            self.service.config.default_image = LOCAL_IMAGE
+        if "allowed_images" not in configured:
+            self.service.config.allowed_images = [self.service.config.default_image]
 
     async def _make_agents(self, installation_id: str) -> list[Agent]:
         if self.agents == "auto":
             docker = DockerAgent(
                 "local-docker",
                 installation_id=installation_id,
+                url=self.docker_url,
                 pids_limit=self.container_pids_limit,
             )
             info = await docker.info()
@@ -229,15 +290,29 @@ class SessionsApp(ExtensionApp):
                     "jupyter_sessions: agent 'auto' → the local Docker engine (%s)", info.detail
                 )
                 return [docker]
+            await docker.close()
             self.log.warning(
-                "jupyter_sessions: agent 'auto' found no Docker engine (%s); no agent is "
-                "available, so creating sessions answers 503",
+                "jupyter_sessions: agent 'auto' found no Docker engine (%s) → LOCAL subprocess "
+                "kernels in %s: NO ISOLATION (fine for one person's machine, not for others)",
                 info.detail,
+                self._local_root(),
             )
-            return []
+            return [
+                LocalAgent("local", installation_id=installation_id, root_dir=self._local_root())
+            ]
         agents: list[Agent] = []
         for spec in self.agents:
             kind = spec.get("kind", "docker")
+            if kind == "local":
+                agents.append(
+                    LocalAgent(
+                        spec.get("id", "local"),
+                        installation_id=installation_id,
+                        root_dir=Path(spec.get("root_dir") or self._local_root()),
+                        scaling_group=spec.get("scaling_group", "default"),
+                    )
+                )
+                continue
             if kind != "docker":
                 raise ValueError(f"SessionsApp.agents: unknown agent kind {kind!r}")
             agents.append(

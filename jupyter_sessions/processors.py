@@ -143,3 +143,7 @@ class SessionProcessors:
         self.destroy_session = proc(service.destroy_session)
         self.list_images = proc(service.list_images)
         self.list_agents = proc(service.list_agents)
+        self.execute = proc(service.execute)
+        self.execute_stream = proc(service.execute_stream)
+        self.interrupt = proc(service.interrupt)
+        self.complete = proc(service.complete)

@@ -13,11 +13,19 @@ import logging
 import secrets
 from collections.abc import Coroutine, Iterable
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
 from .actions.base import SessionRefAction
+from .actions.execution import (
+    CompleteAction,
+    CompleteResult,
+    ExecuteAction,
+    ExecuteRequest,
+    ExecuteResult,
+    InterruptAction,
+)
 from .actions.info import AgentEntry, ImageEntry, ListAgentsAction, ListImagesAction
 from .actions.lifecycle import (
     CreateFromParamsAction,
@@ -35,15 +43,18 @@ from .errors import (
     AgentUnavailable,
     InvalidRequest,
     InvalidStatus,
+    NotFound,
     PermissionDenied,
     SessionsError,
 )
 from .events import Event, EventHub
 from .identity import Caller
 from .kernels.connection import KernelConnections
+from .kernels.runs import WAITING_INPUT, KernelChannel, Run, RunStream
 from .repository.orm import utcnow
 from .repository.repository import NewKernel, NewSession, Scope, SessionData, SessionRepository
 from .types import (
+    ALIVE_STATUSES,
     TERMINAL_STATUSES,
     ResourceSlot,
     SessionStatus,
@@ -65,6 +76,10 @@ class ServiceConfig:
     max_session_resources: ResourceSlot
     #: Seconds a session may stay in each transitional status before it is moved to ERROR.
     deadlines: dict[SessionStatus, float] = field(default_factory=dict)
+    #: Seconds an execute call waits for a run before answering ``continued``.
+    flush_interval: float = 2.0
+    #: Seconds a run may take before it is interrupted (``exec-timeout``); 0 means no limit.
+    execute_timeout: float = 0.0
 
 
 class SessionService:
@@ -87,6 +102,8 @@ class SessionService:
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._others: set[asyncio.Task[None]] = set()
         self._teardown_locks: dict[str, asyncio.Lock] = {}
+        #: Last execution (later also service and file) activity per session, for idle timeouts.
+        self.last_activity: dict[str, datetime] = {}
         self._wake_scheduler: asyncio.Event | None = None
 
     def attach_scheduler_wakeup(self, wakeup: asyncio.Event) -> None:
@@ -335,6 +352,85 @@ class SessionService:
                 status_info=info.detail,
                 capacity=info.capacity.to_json(),
             )
+
+    # --- execution ----------------------------------------------------------------------------
+
+    async def _channel(self, action: SessionRefAction) -> tuple[SessionData, KernelChannel]:
+        """The main kernel's channel of a session that can run code now."""
+        session = await self._resolve(action)
+        if session.status not in ALIVE_STATUSES:
+            raise InvalidStatus(
+                f"the session is {session.status}; code runs only in a RUNNING session",
+                status=str(session.status),
+            )
+        kernel = session.main_kernel
+        if kernel is None or not kernel.connection:
+            raise InvalidStatus("the session has no kernel to run code in")
+        self.last_activity[session.id] = utcnow()
+        return session, self.connections.channel(kernel.id, kernel.connection)
+
+    async def _submit(self, channel: KernelChannel, request: ExecuteRequest) -> Run:
+        timeout = request.timeout if request.timeout is not None else self.config.execute_timeout
+        return await channel.submit(request.code, run_id=request.run_id, timeout=timeout or None)
+
+    @staticmethod
+    def _known_run(channel: KernelChannel, run_id: str | None) -> Run:
+        run = channel.get_run(run_id or "")
+        if run is None:
+            raise NotFound(
+                f"no run {run_id!r} in this session (finished runs are forgotten "
+                "once their output was taken)"
+            )
+        return run
+
+    async def execute(self, action: ExecuteAction) -> ExecuteResult:
+        request = action.request
+        if request.mode == "batch":
+            raise InvalidRequest("batch mode is not supported yet", field="mode")
+        _session, channel = await self._channel(action)
+        if request.mode == "query":
+            run = await self._submit(channel, request)
+        else:
+            run = self._known_run(channel, request.run_id)
+            if request.mode == "input":
+                if run.status != WAITING_INPUT:
+                    raise InvalidStatus(f"run {run.run_id!r} is not waiting for input")
+                channel.send_input(run, request.code)
+        flush = request.flush_interval or self.config.flush_interval
+        snapshot = await channel.wait(run, flush)
+        return ExecuteResult(
+            run_id=snapshot.run_id,
+            status=snapshot.status,
+            exit_code=snapshot.exit_code,
+            console=snapshot.console,
+            options=snapshot.options,
+        )
+
+    async def execute_stream(self, action: ExecuteAction) -> RunStream:
+        """Start a query (or follow a known run) whose output goes out as it happens."""
+        request = action.request
+        if request.mode not in ("query", "continue"):
+            raise InvalidRequest("a stream starts with mode query (or continue)", field="mode")
+        _session, channel = await self._channel(action)
+        if request.mode == "query":
+            run = await self._submit(channel, request)
+        else:
+            run = self._known_run(channel, request.run_id)
+        return RunStream(channel, run)
+
+    async def interrupt(self, action: InterruptAction) -> None:
+        _session, channel = await self._channel(action)
+        await channel.interrupt()
+
+    async def complete(self, action: CompleteAction) -> CompleteResult:
+        _session, channel = await self._channel(action)
+        content = await channel.complete(action.code, action.cursor_pos)
+        return CompleteResult(
+            matches=list(content.get("matches", [])),
+            cursor_start=int(content.get("cursor_start", action.cursor_pos)),
+            cursor_end=int(content.get("cursor_end", action.cursor_pos)),
+            metadata=dict(content.get("metadata", {})),
+        )
 
     # --- the work behind the statuses (called by the scheduler and the sweeper) -------------
 

@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # Idempotent set-up shared by scripts/run.sh and scripts/test.sh:
 #   1. a virtualenv (.venv) with jupyter_sessions installed editable, with its test and dev tools;
-#   2. a Docker engine: installed from Debian (docker.io) and started when none answers
+#   2. PostgreSQL's server binaries from Debian (postgresql), for the tests' second store: the
+#      tests start and stop their own server, so no cluster is created or started here;
+#   3. a Docker engine: installed from Debian (docker.io) and started when none answers
 #      (needs root; with --optional, a machine where that fails goes on without Docker);
-#   3. the default kernel image, built offline (debootstrap) unless its tag is present.
+#   4. the default kernel image, built offline (debootstrap) unless its tag is present.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 optional_docker=0
@@ -16,12 +18,30 @@ if [ ! -x .venv/bin/python ]; then
   say "creating .venv"
   "$PY" -m venv .venv
 fi
-if ! .venv/bin/python -c "import jupyter_sessions, pytest_jupyter, ruff, mypy, jupyterlab" 2>/dev/null \
+if ! .venv/bin/python -c "import jupyter_sessions, psycopg, pytest_jupyter, ruff, mypy, jupyterlab" 2>/dev/null \
    || [ pyproject.toml -nt .venv/.installed ]; then
   say "installing jupyter_sessions and its dev tools into .venv"
   .venv/bin/python -m pip install -q --disable-pip-version-check -U pip
   .venv/bin/python -m pip install -q --disable-pip-version-check -e ".[dev]"
   touch .venv/.installed
+fi
+
+have_initdb() { compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null; }
+
+if ! have_initdb; then
+  if [ "$(id -u)" = 0 ]; then
+    say "installing PostgreSQL (postgresql) from Debian, without a default cluster"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq postgresql-common >/dev/null
+    # The package would otherwise create (not start: no init here) a 'main' cluster nobody uses.
+    sed -ri 's/^#?[[:space:]]*create_main_cluster[[:space:]]*=.*/create_main_cluster = false/' \
+      /etc/postgresql-common/createcluster.conf
+    apt-get install -y -qq postgresql >/dev/null
+    have_initdb || { say "postgresql installed but no initdb found"; exit 1; }
+  else
+    say "PostgreSQL is not installed and not root: its tests will fail (apt-get install postgresql)"
+  fi
 fi
 
 docker_answers() { docker info >/dev/null 2>&1; }

@@ -62,8 +62,19 @@ def kernel_image(docker_api: docker.DockerClient) -> str:
 
 
 def run(client: docker.DockerClient, image: str, command: list[str], **kwargs: Any) -> str:
-    """Runs a command in a throwaway container and returns its output."""
-    output: bytes = client.containers.run(image, command, remove=True, **kwargs)
+    """Runs a command in a throwaway container and returns its standard output.
+
+    Waits for the exit before reading the log once: following the log of a container that exits
+    at once (what `containers.run` does) can hand back garbled output on this engine.
+    """
+    container = client.containers.create(image, command, **kwargs)
+    try:
+        container.start()
+        status = container.wait(timeout=120)
+        output: bytes = container.logs(stdout=True, stderr=False)
+        assert status["StatusCode"] == 0, (command, container.logs().decode())
+    finally:
+        container.remove(force=True)
     return output.decode().strip()
 
 

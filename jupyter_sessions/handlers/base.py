@@ -27,12 +27,13 @@ API_PREFIX = "/jupyter-sessions/api"
 REF = r"(?P<ref>[^/]+)"
 
 
-class SessionsAPIHandler(ExtensionHandlerMixin, APIHandler):
-    """Base of the REST handlers (subclasses set ``auth_resource`` and ``openapi``)."""
+class SessionsHandlerMixin:
+    """What every handler of ours shares, HTTP or WebSocket: the app, the caller, JSON errors."""
 
-    auth_resource = "jupyter_sessions:sessions"
-    #: OpenAPI operation objects by lower-case HTTP method (see handlers/openapi.py).
-    openapi: ClassVar[dict[str, dict[str, Any]]] = {}
+    settings: dict[str, Any]
+    current_user: Any
+    request: Any
+    log: Any
 
     @property
     def sessions_app(self) -> SessionsApp:
@@ -42,15 +43,64 @@ class SessionsAPIHandler(ExtensionHandlerMixin, APIHandler):
     def processors(self) -> Any:
         return self.sessions_app.processors
 
+    @property
+    def caller(self) -> Caller:
+        return self.sessions_app.identity.caller_for(self.current_user)
+
+    def send_error(self, status_code: int = 500, **kwargs: Any) -> None:
+        exc_info = kwargs.get("exc_info")
+        if exc_info and isinstance(exc_info[1], SessionsError):
+            status_code = exc_info[1].status_code
+        super().send_error(status_code, **kwargs)  # type: ignore[misc]
+
+    def write_error(self, status_code: int, **kwargs: Any) -> None:
+        self.set_header("Content-Type", "application/json; charset=UTF-8")  # type: ignore[attr-defined]
+        if status_code == 401:
+            self.set_header("WWW-Authenticate", 'Token realm="jupyter_sessions"')  # type: ignore[attr-defined]
+        self.finish(json.dumps(error_body(status_code, kwargs.get("exc_info"))))  # type: ignore[attr-defined]
+
+    def log_exception(self, typ: Any, value: Any, tb: Any) -> None:
+        if isinstance(value, SessionsError):
+            self.log.info(
+                "%s %s → %d %s",
+                self.request.method,
+                self.request.path,
+                value.status_code,
+                value.message,
+            )
+            return
+        super().log_exception(typ, value, tb)  # type: ignore[misc]
+
+
+def error_body(status_code: int, exc_info: Any) -> dict[str, Any]:
+    """The JSON of an error: ours as they are, tornado's by status, anything else generic."""
+    error = exc_info[1] if exc_info else None
+    if isinstance(error, SessionsError):
+        return error.to_json()
+    if isinstance(error, web.HTTPError) or error is None:
+        phrase = (
+            HTTPStatus(status_code).phrase
+            if status_code in HTTPStatus._value2member_map_
+            else "Error"
+        )
+        message = getattr(error, "log_message", None) or phrase
+        reason = getattr(error, "reason", None) or phrase.lower().replace(" ", "-")
+        return {"message": message, "reason": reason}
+    return {"message": "internal server error (logged on the server)", "reason": "internal-error"}
+
+
+class SessionsAPIHandler(SessionsHandlerMixin, ExtensionHandlerMixin, APIHandler):
+    """Base of the REST handlers (subclasses set ``auth_resource`` and ``openapi``)."""
+
+    auth_resource = "jupyter_sessions:sessions"
+    #: OpenAPI operation objects by lower-case HTTP method (see handlers/openapi.py).
+    openapi: ClassVar[dict[str, dict[str, Any]]] = {}
+
     async def prepare(self) -> None:  # type: ignore[override]
         await super().prepare()
         if self.current_user is None:
             raise Unauthenticated("authentication required: a Jupyter token or login cookie")
         await self.sessions_app.ensure_started()
-
-    @property
-    def caller(self) -> Caller:
-        return self.sessions_app.identity.caller_for(self.current_user)
 
     # --- input -------------------------------------------------------------------------------
 
@@ -96,40 +146,3 @@ class SessionsAPIHandler(ExtensionHandlerMixin, APIHandler):
         self.set_status(status)
         self.set_header("Content-Type", "application/json; charset=UTF-8")
         self.finish(json.dumps(payload))
-
-    def send_error(self, status_code: int = 500, **kwargs: Any) -> None:
-        exc_info = kwargs.get("exc_info")
-        if exc_info and isinstance(exc_info[1], SessionsError):
-            status_code = exc_info[1].status_code
-        super().send_error(status_code, **kwargs)
-
-    def write_error(self, status_code: int, **kwargs: Any) -> None:
-        error = kwargs.get("exc_info", (None, None, None))[1]
-        if isinstance(error, SessionsError):
-            body = error.to_json()
-        elif isinstance(error, web.HTTPError):
-            body = {
-                "message": error.log_message or HTTPStatus(status_code).phrase,
-                "reason": error.reason or HTTPStatus(status_code).phrase.lower().replace(" ", "-"),
-            }
-        else:
-            body = {
-                "message": "internal server error (logged on the server)",
-                "reason": "internal-error",
-            }
-        if status_code == 401:
-            self.set_header("WWW-Authenticate", 'Token realm="jupyter_sessions"')
-        self.set_header("Content-Type", "application/json; charset=UTF-8")
-        self.finish(json.dumps(body))
-
-    def log_exception(self, typ: Any, value: Any, tb: Any) -> None:
-        if isinstance(value, SessionsError):
-            self.log.info(
-                "%s %s → %d %s",
-                self.request.method,
-                self.request.path,
-                value.status_code,
-                value.message,
-            )
-            return
-        super().log_exception(typ, value, tb)

@@ -117,6 +117,58 @@ SCHEMAS: dict[str, Any] = {
         "preopen_ports, mounts and owner_access_key are part of the contract but answer 400 "
         "until their features land.",
     },
+    "ExecuteRequest": {
+        "type": "object",
+        "required": ["mode"],
+        "properties": {
+            "mode": {"type": "string", "enum": ["query", "batch", "input", "continue"]},
+            "code": {"type": "string", "description": "Code (query), or the answer (input)"},
+            "run_id": {"type": "string", "description": "Also accepted as runId"},
+            "options": {
+                "type": "object",
+                "properties": {
+                    "timeout": {"type": "number", "description": "Seconds before exec-timeout"},
+                    "flush_interval": {
+                        "type": "number",
+                        "description": "Seconds before answering continued",
+                    },
+                    "clean": {"type": "string"},
+                    "build": {"type": "string"},
+                    "exec": {"type": "string"},
+                },
+            },
+        },
+    },
+    "ExecuteResult": {
+        "type": "object",
+        "properties": {
+            "run_id": {"type": "string"},
+            "status": {
+                "type": "string",
+                "enum": [
+                    "finished",
+                    "continued",
+                    "waiting-input",
+                    "build-finished",
+                    "clean-finished",
+                    "exec-timeout",
+                ],
+            },
+            "exit_code": {"type": ["integer", "null"]},
+            "console": {
+                "type": "array",
+                "items": {
+                    "type": "array",
+                    "prefixItems": [
+                        {"type": "string", "enum": ["stdout", "stderr", "media", "html", "log"]},
+                        {},
+                    ],
+                },
+            },
+            "options": {"type": "object"},
+            "files": {"type": "array", "items": {"type": "object"}},
+        },
+    },
     "StatusChange": {
         "type": "object",
         "properties": {

@@ -7,19 +7,23 @@ keeps one client per kernel for the life of the session.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import queue
 from typing import Any
 
 from jupyter_client.asynchronous import AsyncKernelClient
 
 from ..errors import Timeout
+from .runs import KernelChannel
 
 
 class KernelConnections:
-    """One AsyncKernelClient per kernel id."""
+    """One AsyncKernelClient per kernel id, and the KernelChannel that routes its messages."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, max_console_bytes: int = 8 * 2**20) -> None:
         self._clients: dict[str, AsyncKernelClient] = {}
+        self._channels: dict[str, KernelChannel] = {}
+        self.max_console_bytes = max_console_bytes
 
     def client(self, kernel_id: str, connection: dict[str, Any]) -> AsyncKernelClient:
         client = self._clients.get(kernel_id)
@@ -29,6 +33,17 @@ class KernelConnections:
             client.start_channels()
             self._clients[kernel_id] = client
         return client
+
+    def channel(self, kernel_id: str, connection: dict[str, Any]) -> KernelChannel:
+        """The kernel's message router (started on first use, after the kernel is ready)."""
+        channel = self._channels.get(kernel_id)
+        if channel is None:
+            channel = KernelChannel(
+                self.client(kernel_id, connection), max_console_bytes=self.max_console_bytes
+            )
+            channel.start()
+            self._channels[kernel_id] = channel
+        return channel
 
     async def wait_ready(self, kernel_id: str, connection: dict[str, Any], timeout: float) -> None:
         """Return once the kernel answers kernel_info; Timeout (504) if it does not in time."""
@@ -41,19 +56,35 @@ class KernelConnections:
 
     @staticmethod
     async def _kernel_info(client: AsyncKernelClient) -> None:
-        # wait_for_ready() polls the heartbeat of a kernel it manages; ours is remote, so ask
-        # kernel_info until a reply arrives (the first request can be lost while ZMQ connects).
+        """Ask kernel_info until both the reply and its IOPub status arrive.
+
+        A shell reply alone is not enough: IOPub is a SUB socket whose subscription reaches the
+        kernel a little after it connects ("slow joiner"), and output published before then is
+        lost for good, so the first run would never see its output or its idle status.
+        """
         while True:
             msg_id = client.kernel_info()
             try:
                 while True:
                     reply = await client.get_shell_msg(timeout=1.0)
                     if reply["parent_header"].get("msg_id") == msg_id:
-                        return
+                        break
+                while True:
+                    status = await client.get_iopub_msg(timeout=0.5)
+                    if status["parent_header"].get("msg_id") == msg_id:
+                        break
             except queue.Empty:
                 continue
+            # Drain what else IOPub holds from start-up, so no run sees it.
+            with contextlib.suppress(queue.Empty):
+                while True:
+                    await client.get_iopub_msg(timeout=0.05)
+            return
 
     def close(self, kernel_id: str) -> None:
+        channel = self._channels.pop(kernel_id, None)
+        if channel is not None:
+            channel.close()
         client = self._clients.pop(kernel_id, None)
         if client is not None:
             client.stop_channels()

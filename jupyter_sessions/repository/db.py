@@ -2,6 +2,10 @@
 
 SQLAlchemy here is synchronous; every unit of work runs in a small thread pool so the event loop
 never blocks. SQLite gets one writer thread (its own rule anyway) and WAL so readers never wait.
+PostgreSQL (``postgresql+psycopg://``; a bare ``postgresql://`` means psycopg 3 too) gets a few
+threads, a connection pool sized to them, pre-ping so a restarted server costs no request, and
+READ COMMITTED: the repository locks the rows it reads to modify them. Several managers may share
+one PostgreSQL store; their migrations are serialised by an advisory lock.
 """
 
 from __future__ import annotations
@@ -15,12 +19,16 @@ from typing import Any, TypeVar
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import create_engine, event
+from sqlalchemy import create_engine, event, text
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.orm import Session, sessionmaker
 
 T = TypeVar("T")
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
+#: Worker threads (and pooled connections) for a server database; SQLite has one writer.
+POSTGRES_WORKERS = 4
+#: Any fixed 64-bit key: the advisory lock managers take while they migrate a shared store.
+MIGRATION_LOCK_KEY = 0x6A7365737369_6F6E
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
@@ -37,23 +45,39 @@ class Database:
 
     def __init__(self, url: str) -> None:
         self.url = make_url(url)
+        if self.url.drivername == "postgresql":
+            # SQLAlchemy's default driver is psycopg2; the dependency we ship is psycopg 3.
+            self.url = self.url.set(drivername="postgresql+psycopg")
         self.is_sqlite = self.url.get_backend_name() == "sqlite"
+        self.is_postgresql = self.url.get_backend_name() == "postgresql"
         if self.is_sqlite and self.url.database not in (None, "", ":memory:"):
             path = Path(self.url.database or "")
             path.parent.mkdir(parents=True, exist_ok=True)
             # The file holds keypair secrets: readable by the server's user alone.
             path.touch(mode=0o600, exist_ok=True)
             os.chmod(path, 0o600)
-        self.engine: Engine = create_engine(
-            self.url,
-            pool_pre_ping=not self.is_sqlite,
-            connect_args={"check_same_thread": False} if self.is_sqlite else {},
-        )
+        workers = 1 if self.is_sqlite else POSTGRES_WORKERS
+        options: dict[str, Any] = {"pool_pre_ping": not self.is_sqlite}
+        if self.is_sqlite:
+            options["connect_args"] = {"check_same_thread": False}
+        elif self.is_postgresql:
+            options.update(
+                # One connection per worker thread, plus a little room for migrations and
+                # tests that open their own; never more, so a shared server is not flooded.
+                pool_size=workers,
+                max_overflow=2,
+                pool_timeout=30,
+                # Close connections before a server or a proxy drops them as idle.
+                pool_recycle=1800,
+                isolation_level="READ COMMITTED",
+                connect_args={"application_name": "jupyter-sessions", "connect_timeout": 10},
+            )
+        self.engine: Engine = create_engine(self.url, **options)
         if self.is_sqlite:
             event.listen(self.engine, "connect", _sqlite_pragmas)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
         self._executor = ThreadPoolExecutor(
-            max_workers=1 if self.is_sqlite else 4, thread_name_prefix="jupyter-sessions-db"
+            max_workers=workers, thread_name_prefix="jupyter-sessions-db"
         )
 
     def migrate(self) -> None:
@@ -61,6 +85,12 @@ class Database:
         config = Config()
         config.set_main_option("script_location", str(MIGRATIONS_DIR))
         with self.engine.begin() as connection:
+            if self.is_postgresql:
+                # Managers sharing a store may start together: one migrates, the others wait
+                # (the lock ends with this transaction) and then find the schema current.
+                connection.execute(
+                    text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK_KEY}
+                )
             config.attributes["connection"] = connection
             command.upgrade(config, "head")
 

@@ -41,9 +41,17 @@ class UTCDateTime(TypeDecorator[datetime]):
         return value.astimezone(UTC) if value is not None else None
 
     def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
-        if value is not None and value.tzinfo is None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
             return value.replace(tzinfo=UTC)
-        return value
+        # PostgreSQL answers in the connection's TimeZone setting, which need not be UTC.
+        return value.astimezone(UTC)
+
+
+#: Session names are unique per owner among sessions that are not final; the repository recognises
+#: this index by name when it refuses a row (a taken name is a Conflict, other violations are bugs).
+ACTIVE_NAME_INDEX = "ix_sessions_owner_name_active"
 
 
 class Base(DeclarativeBase):
@@ -133,7 +141,7 @@ class SessionRow(Base):
     __table_args__ = (
         # Names are unique per owner among sessions that are not final (ERROR still holds its name).
         Index(
-            "ix_sessions_owner_name_active",
+            ACTIVE_NAME_INDEX,
             "owner_access_key",
             "name",
             unique=True,

@@ -23,6 +23,7 @@ from ..errors import Conflict, InvalidStatus, NotFound
 from ..types import TERMINAL_STATUSES, SessionStatus, check_transition, is_session_id
 from .db import Database
 from .orm import (
+    ACTIVE_NAME_INDEX,
     AgentRow,
     AuditLogRow,
     KernelRow,
@@ -223,6 +224,19 @@ def _depends_on(db: Session, session_id: str) -> list[str]:
     )
 
 
+def _violates_active_name_index(exc: IntegrityError) -> bool:
+    """Whether ``exc`` is the per-owner active name index refusing a row, on either backend.
+
+    Other integrity errors (a reused id, an unknown owner) are bugs, not a taken name.
+    PostgreSQL names the index in its diagnostics; SQLite names the indexed columns.
+    """
+    diag = getattr(exc.orig, "diag", None)
+    constraint = getattr(diag, "constraint_name", None)
+    if constraint is not None:
+        return bool(constraint == ACTIVE_NAME_INDEX)
+    return "UNIQUE constraint failed: sessions.owner_access_key, sessions.name" in str(exc.orig)
+
+
 def _keypair(row: KeypairRow) -> KeypairData:
     return KeypairData(
         access_key=row.access_key,
@@ -335,7 +349,7 @@ class SessionRepository:
         try:
             return await self.db.run(work)
         except IntegrityError as exc:
-            if "ix_sessions_owner_name_active" in str(exc) or "UNIQUE" in str(exc).upper():
+            if _violates_active_name_index(exc):
                 raise Conflict(
                     f"a session named {new.name!r} already exists", field="name"
                 ) from None
@@ -408,11 +422,14 @@ class SessionRepository:
             if statuses:
                 query = query.where(SessionRow.status.in_([str(s) for s in statuses]))
             if match:
-                escaped = match.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+                # A prefix compared as text, not LIKE: no wildcards to escape, and case-sensitive
+                # on both backends (SQLite's LIKE ignores ASCII case, PostgreSQL's does not).
+                # Names are case-sensitive; ids are stored lower-case.
+                size = len(match)
                 query = query.where(
                     or_(
-                        SessionRow.name.like(escaped + "%", escape="\\"),
-                        SessionRow.id.like(escaped.lower() + "%", escape="\\"),
+                        func.substr(SessionRow.name, 1, size) == match,
+                        func.substr(SessionRow.id, 1, size) == match.lower(),
                     )
                 )
             total = db.scalar(select(func.count()).select_from(query.subquery())) or 0
@@ -457,7 +474,10 @@ class SessionRepository:
         allowed = frozenset(expected) if expected is not None else None
 
         def work(db: Session) -> SessionData:
-            row = db.get(SessionRow, session_id)
+            # Lock the row until commit: where transactions run concurrently (PostgreSQL), two
+            # racing transitions must not both read the same current status. SQLite has one
+            # writer anyway and ignores FOR UPDATE.
+            row = db.get(SessionRow, session_id, with_for_update=True)
             if row is None:
                 raise NotFound(f"no session {session_id!r}")
             current = SessionStatus(row.status)
