@@ -14,7 +14,7 @@ from tornado.httpclient import HTTPClientError
 
 from jupyter_sessions.agents.base import LABEL_INSTALLATION
 
-pytest_plugins = ["pytest_jupyter.jupyter_server"]
+pytest_plugins = ["pytest_jupyter.jupyter_server", "tests.postgres"]
 
 
 @pytest.fixture(scope="session")

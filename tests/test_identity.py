@@ -33,7 +33,6 @@ from jupyter_sessions.repository.repository import SessionRepository
 from .conftest import Api
 
 # Until tests/conftest.py lists "tests.postgres" in pytest_plugins:
-from .postgres import postgres_server, postgres_url  # noqa: F401
 
 INVALID = "invalid keypair"
 MALFORMED = "malformed Authorization header"

@@ -14,7 +14,6 @@ import pytest
 from .conftest import Api
 
 # Until tests/conftest.py lists "tests.postgres" in pytest_plugins:
-from .postgres import postgres_server, postgres_url  # noqa: F401
 
 pytestmark = [pytest.mark.docker, pytest.mark.usefixtures("docker_cleanup")]
 

@@ -24,7 +24,6 @@ from jupyter_sessions.repository.repository import NewKernel, NewSession
 from jupyter_sessions.types import SessionStatus
 
 # Until tests/conftest.py lists "tests.postgres" in pytest_plugins:
-from .postgres import any_store_url, postgres_server, postgres_url  # noqa: F401
 
 S = SessionStatus
 
@@ -38,7 +37,7 @@ def sqlite_database(tmp_path: Path) -> Iterator[Database]:
 
 
 @pytest.fixture
-def database(any_store_url: str) -> Iterator[Database]:  # noqa: F811 (the import above)
+def database(any_store_url: str) -> Iterator[Database]:
     """A migrated store on each backend: every test that takes it runs on both."""
     db = Database(any_store_url)
     db.migrate()
