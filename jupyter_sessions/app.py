@@ -26,6 +26,7 @@ from .handlers import default_handlers
 from .identity import IdentityResolver
 from .kernels.connection import KernelConnections
 from .processors import AuditMonitor, SessionProcessors
+from .reconcile import Reconciler
 from .repository import Database, SessionRepository
 from .scheduler import FIFOScheduler
 from .service import ServiceConfig, SessionService
@@ -69,9 +70,12 @@ class SessionsApp(ExtensionApp):
         else the local agent (subprocess kernels, NO isolation, image "local"); which one is said
         loudly in the log and in GET agents. Or a list of agents, each
         {"id": "docker-1", "kind": "docker", "url": "unix:///var/run/docker.sock",
-        "scaling_group": "default", "kernel_host": "127.0.0.1"} or
+        "scaling_group": "default", "kernel_host": "127.0.0.1", "host_firewall": "auto"} or
         {"id": "local", "kind": "local", "root_dir": "..."}; an explicitly configured agent never
-        falls back to another.""",
+        falls back to another. host_firewall says how sessions are kept off the engine host's own
+        ports: "auto" (iptables on this host when the server is root beside the engine's bridge,
+        else through a short-lived helper container of the default image), "direct", "engine" or
+        "off"; GET agents says whether the rule holds.""",
     )
     docker_url = Unicode(
         config=True,
@@ -259,6 +263,8 @@ class SessionsApp(ExtensionApp):
             self.registry.add(agent)
         if agents and all(a.kind == LocalAgent.kind for a in agents):
             self._use_local_image()
+        # Sessions outlive a server stop: agree with the agents before anything is scheduled.
+        await Reconciler(self.service, log=self.log).run()
         await self.service.refresh_agents()
         self.audit.start()
         self.scheduler.start()
@@ -283,6 +289,7 @@ class SessionsApp(ExtensionApp):
                 installation_id=installation_id,
                 url=self.docker_url,
                 pids_limit=self.container_pids_limit,
+                helper_image=self.default_image,
             )
             info = await docker.info()
             if info.reachable:
@@ -323,6 +330,8 @@ class SessionsApp(ExtensionApp):
                     scaling_group=spec.get("scaling_group", "default"),
                     kernel_host=spec.get("kernel_host"),
                     pids_limit=self.container_pids_limit,
+                    helper_image=self.default_image,
+                    host_firewall=spec.get("host_firewall", "auto"),
                 )
             )
         return agents

@@ -19,6 +19,7 @@ from .actions.base import Action
 from .errors import SessionsError
 from .repository.orm import utcnow
 from .repository.repository import AuditEntry, SessionRepository
+from .templates import TemplateService
 
 if TYPE_CHECKING:
     from .service import SessionService
@@ -147,3 +148,15 @@ class SessionProcessors:
         self.execute_stream = proc(service.execute_stream)
         self.interrupt = proc(service.interrupt)
         self.complete = proc(service.complete)
+        # modify, rename, restart, transit-status and templates (lifecycle-actions task)
+        self.modify_session = proc(service.modify_session)
+        self.rename_session = proc(service.rename_session)
+        self.restart_session = proc(service.restart_session)
+        self.check_and_transit_status = proc(service.check_and_transit_status)
+        templates = TemplateService(service)
+        self.list_templates = proc(templates.list_templates)
+        self.get_template = proc(templates.get_template)
+        self.create_template = proc(templates.create_template)
+        self.modify_template = proc(templates.modify_template)
+        self.delete_template = proc(templates.delete_template)
+        self.create_from_template = proc(templates.create_from_template)

@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import logging
 import secrets
+import signal
 from collections.abc import Coroutine, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -28,7 +29,10 @@ from .actions.execution import (
 )
 from .actions.info import AgentEntry, ImageEntry, ListAgentsAction, ListImagesAction
 from .actions.lifecycle import (
+    CREATE_FIELDS,
+    CheckAndTransitStatusAction,
     CreateFromParamsAction,
+    CreateSessionParams,
     CreateSessionResult,
     DestroySessionAction,
     DestroySessionResult,
@@ -36,34 +40,63 @@ from .actions.lifecycle import (
     GetStatusHistoryAction,
     ListSessionsAction,
     ListSessionsResult,
+    ModifySessionAction,
+    RenameSessionAction,
+    RestartSessionAction,
+    RestartSessionResult,
     StatusHistoryResult,
 )
-from .agents.base import Agent, AgentRegistry, KernelSpec
+from .agents.base import Agent, AgentRegistry, ExecProcess, KernelHandle, KernelSpec
 from .errors import (
     AgentUnavailable,
+    Conflict,
     InvalidRequest,
     InvalidStatus,
     NotFound,
     PermissionDenied,
     SessionsError,
+    Timeout,
 )
 from .events import Event, EventHub
 from .identity import Caller
+from .kernels.batch import STEPS as BATCH_STEPS
+from .kernels.batch import BatchRun
 from .kernels.connection import KernelConnections
-from .kernels.runs import WAITING_INPUT, KernelChannel, Run, RunStream
+from .kernels.runs import (
+    EXEC_TIMEOUT,
+    FINISHED,
+    WAITING_INPUT,
+    Console,
+    KernelChannel,
+    Run,
+    RunSnapshot,
+    RunStream,
+)
+from .repository.accounts import AccountRepository, ResourcePolicyData
 from .repository.orm import utcnow
 from .repository.repository import NewKernel, NewSession, Scope, SessionData, SessionRepository
 from .types import (
     ALIVE_STATUSES,
     TERMINAL_STATUSES,
     ResourceSlot,
+    SessionResult,
     SessionStatus,
+    SessionType,
 )
 
 S = SessionStatus
 #: Statuses that end the wait of a create call that did not ask for ``enqueue_only``.
 SETTLED_STATUSES = frozenset({S.RUNNING, S.RUNNING_DEGRADED, S.ERROR, S.TERMINATED, S.CANCELLED})
 MIN_MEMORY = 64 * 2**20
+#: Statuses a session is restarted from in place (a final one is run again as a new session).
+RESTARTABLE_STATUSES = frozenset({S.RUNNING, S.RUNNING_DEGRADED, S.ERROR})
+#: Stored creation parameters a re-run does not repeat: it runs now, waiting on nothing.
+NOT_REPLAYED = frozenset({"depends_on", "owner_access_key", "reuse_if_exists", "max_wait_seconds"})
+#: Output of a bootstrap_script kept while it runs, and how much of its tail status_info shows.
+BOOTSTRAP_OUTPUT_BYTES = 64 * 1024
+BOOTSTRAP_TAIL_CHARS = 2000
+#: How much of a batch session's output the store keeps (its tail), readable after it ended.
+BATCH_OUTPUT_BYTES = 256 * 1024
 
 
 @dataclass
@@ -93,6 +126,8 @@ class SessionService:
         log: logging.Logger | None = None,
     ) -> None:
         self.repository = repository
+        #: Resource policies, read at create (the scheduler reads them again under lock).
+        self.accounts = AccountRepository(repository.db)
         self.agents = agents
         self.connections = connections
         self.hub = hub
@@ -102,6 +137,8 @@ class SessionService:
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._others: set[asyncio.Task[None]] = set()
         self._teardown_locks: dict[str, asyncio.Lock] = {}
+        #: Batch runs by session, then run id (query runs live in their KernelChannel).
+        self._batches: dict[str, dict[str, BatchRun]] = {}
         #: Last execution (later also service and file) activity per session, for idle timeouts.
         self.last_activity: dict[str, datetime] = {}
         self._wake_scheduler: asyncio.Event | None = None
@@ -202,6 +239,38 @@ class SessionService:
                 largest_agent=largest.to_json(),
             )
 
+    @staticmethod
+    def _check_policy(policy: ResourcePolicyData, resources: ResourceSlot, containers: int) -> None:
+        """The per-session limits of the owner's resource policy (403 naming the limit)."""
+        limit = policy.max_containers_per_session
+        if limit is not None and containers > limit:
+            raise PermissionDenied(
+                f"cluster_size {containers} exceeds the resource policy's "
+                f"max_containers_per_session {limit}",
+                limit="max_containers_per_session",
+                max_containers_per_session=limit,
+            )
+        over = resources.exceeding(ResourceSlot.parse(policy.max_session_resources))
+        if over:
+            raise PermissionDenied(
+                f"resources exceed the resource policy's max_session_resources on "
+                f"{', '.join(over)}",
+                limit="max_session_resources",
+                slots=over,
+                max_session_resources=policy.max_session_resources,
+            )
+
+    async def _resolve_dependencies(self, owner: str, refs: Iterable[str]) -> tuple[str, ...]:
+        """Ids of the owner's own sessions named in ``depends_on`` (404 for any other)."""
+        ids: dict[str, None] = {}
+        for ref in refs:
+            try:
+                found = await self.repository.resolve(ref, Scope(owner), name_owner=owner)
+            except NotFound:
+                raise NotFound(f"depends_on: no session {ref!r}", field="depends_on") from None
+            ids[found.id] = None
+        return tuple(ids)
+
     # --- actions -----------------------------------------------------------------------------
 
     async def create_from_params(self, action: CreateFromParamsAction) -> CreateSessionResult:
@@ -214,6 +283,10 @@ class SessionService:
         self._check_image(image)
         resources = params.resources.merged_over(self.config.default_resources)
         await self._check_resources(resources, params.scaling_group)
+        self._check_policy(
+            await self.accounts.policy_of(caller.access_key), resources, params.cluster_size
+        )
+        depends_on = await self._resolve_dependencies(caller.access_key, params.depends_on)
         new = NewSession(
             name=params.name or f"sess-{secrets.token_hex(4)}",
             owner_access_key=caller.access_key,
@@ -227,11 +300,18 @@ class SessionService:
             priority=0,
             # Kept to run the session again on restart; environ may hold secrets, so it stays
             # server-side (never returned, and never baked into committed images).
-            params={"environ": params.environ},
+            params={
+                "environ": params.environ,
+                "startup_command": params.startup_command,
+                "batch_timeout": params.batch_timeout,
+                "bootstrap_script": params.bootstrap_script,
+            },
             kernels=(NewKernel("main1", "main", 1),),
+            restarted_from=action.restarted_from,
+            depends_on=depends_on,
         )
         with self.hub.subscribe() as events:
-            session = await self.repository.create_session(new)
+            session = await self.repository.create_session_within_policy(new)
             if self._wake_scheduler is not None:
                 self._wake_scheduler.set()
             if not params.enqueue_only and params.max_wait_seconds > 0:
@@ -283,18 +363,32 @@ class SessionService:
             raise InvalidStatus(
                 f"the session is already {session.status}", status=str(session.status)
             )
+        if action.recursive:
+            # Dependents first, so each ends with this reason rather than "dependency ended".
+            for dependent_id in await self.repository.dependents_of(session.id):
+                with contextlib.suppress(InvalidStatus, NotFound):
+                    await self._destroy_one(
+                        await self.repository.get(dependent_id),
+                        action.forced,
+                        f"recursive destroy of {session.id}",
+                    )
+        reason = "force-terminated" if action.forced else "user-requested"
+        return await self._destroy_one(session, action.forced, reason)
+
+    async def _destroy_one(
+        self, session: SessionData, forced: bool, reason: str
+    ) -> DestroySessionResult:
         if session.status in (S.PENDING, S.SCHEDULED):
             session = await self._transit(
-                session.id, S.CANCELLED, "user-requested", expected={S.PENDING, S.SCHEDULED}
+                session.id, S.CANCELLED, reason, expected={S.PENDING, S.SCHEDULED}
             )
             return DestroySessionResult(session, finished=True)
-        reason = "force-terminated" if action.forced else "user-requested"
         if session.status is not S.TERMINATING:
             session = await self._transit(session.id, S.TERMINATING, reason)
         # A start in flight notices TERMINATING when its container is up and removes it; forced
         # means: remove whatever exists now (and the start task removes what comes after).
-        if action.forced or not self.is_busy(session.id):
-            self._background(self._teardown(session.id, action.forced))
+        if forced or not self.is_busy(session.id):
+            self._background(self._teardown(session.id, forced))
         return DestroySessionResult(session, finished=False)
 
     async def list_images(self, action: ListImagesAction) -> list[ImageEntry]:
@@ -383,11 +477,58 @@ class SessionService:
             )
         return run
 
+    def _batch_runs(self, session_id: str) -> dict[str, BatchRun]:
+        return self._batches.setdefault(session_id, {})
+
+    async def _execute_batch(self, session: SessionData, request: ExecuteRequest) -> RunSnapshot:
+        runs = self._batch_runs(session.id)
+        if request.mode == "batch":
+            if request.run_id is not None and request.run_id in runs:
+                raise Conflict(f"run {request.run_id!r} is still going; continue it")
+            kernel = session.main_kernel
+            assert kernel is not None and kernel.agent_id is not None
+            agent = self.agents.get(kernel.agent_id)
+            container = kernel.container_id or agent.kernel_ref(session.id, kernel.name)
+            environ = session.params.get("environ", {})
+
+            async def start(argv: list[str]) -> ExecProcess:
+                return await agent.exec(container, argv, environ=environ)
+
+            timeout = (
+                request.timeout if request.timeout is not None else (self.config.execute_timeout)
+            )
+            run = BatchRun(
+                {k: v for k, v in request.options.items() if k in BATCH_STEPS},
+                start,
+                run_id=request.run_id,
+                timeout=timeout or None,
+                max_console_bytes=self.connections.max_console_bytes,
+            )
+            runs[run.run_id] = run
+        else:
+            found = runs.get(request.run_id or "")
+            if found is None:
+                raise NotFound(f"no run {request.run_id!r} in this session")
+            if request.mode == "input":
+                raise InvalidStatus("batch commands do not read input")
+            run = found
+        snapshot = await run.wait(request.flush_interval or self.config.flush_interval)
+        if snapshot.status in (FINISHED, EXEC_TIMEOUT):
+            runs.pop(run.run_id, None)
+        return snapshot
+
     async def execute(self, action: ExecuteAction) -> ExecuteResult:
         request = action.request
-        if request.mode == "batch":
-            raise InvalidRequest("batch mode is not supported yet", field="mode")
-        _session, channel = await self._channel(action)
+        session, channel = await self._channel(action)
+        if request.mode == "batch" or request.run_id in self._batch_runs(session.id):
+            snapshot = await self._execute_batch(session, request)
+            return ExecuteResult(
+                snapshot.run_id,
+                snapshot.status,
+                snapshot.exit_code,
+                snapshot.console,
+                snapshot.options,
+            )
         if request.mode == "query":
             run = await self._submit(channel, request)
         else:
@@ -419,7 +560,9 @@ class SessionService:
         return RunStream(channel, run)
 
     async def interrupt(self, action: InterruptAction) -> None:
-        _session, channel = await self._channel(action)
+        session, channel = await self._channel(action)
+        for batch in self._batch_runs(session.id).values():
+            await batch.interrupt()
         await channel.interrupt()
 
     async def complete(self, action: CompleteAction) -> CompleteResult:
@@ -438,32 +581,52 @@ class SessionService:
         return session_id in self._tasks
 
     def start(self, session: SessionData, agent: Agent) -> None:
-        """Start a PENDING session on ``agent`` in the background."""
+        """Start a PENDING session, or one the scheduler admitted (SCHEDULED), on ``agent``."""
         self._spawn(session.id, self._start(session, agent))
+
+    def announce(self, session: SessionData) -> None:
+        """Publish a transition made in a transaction of its own (the scheduler's admission)."""
+        self.log.info(
+            "session %s (%s) → %s: %s",
+            session.name,
+            session.id,
+            session.status,
+            session.status_info,
+        )
+        self.hub.publish(
+            Event(
+                "session_status",
+                session.owner_access_key,
+                {
+                    "session_id": session.id,
+                    "status": str(session.status),
+                    "reason": session.status_info,
+                    "at": session.status_changed_at.isoformat(),
+                },
+            )
+        )
+
+    async def cancel_pending(self, session_id: str, reason: str) -> None:
+        """Cancel a session the scheduler gave up on (a dependency failed); gone is fine."""
+        with contextlib.suppress(InvalidStatus):
+            await self._transit(session_id, S.CANCELLED, reason, expected={S.PENDING})
 
     async def _start(self, session: SessionData, agent: Agent) -> None:
         kernel = session.main_kernel
         assert kernel is not None
         created = False
         try:
-            await self._transit(
-                session.id, S.SCHEDULED, f"placed on agent {agent.id}", expected={S.PENDING}
-            )
-            await self.repository.set_kernel_placement(kernel.id, agent_id=agent.id)
+            if session.status is S.PENDING:
+                await self._transit(
+                    session.id, S.SCHEDULED, f"placed on agent {agent.id}", expected={S.PENDING}
+                )
+                await self.repository.set_kernel_placement(kernel.id, agent_id=agent.id)
             await self._transit(session.id, S.PREPARING, "checking the image")
             if not await agent.has_image(session.image):
                 raise InvalidRequest(f"image {session.image!r} is not present on agent {agent.id}")
             await self._transit(session.id, S.PREPARED, "image present")
             await self._transit(session.id, S.CREATING, "creating the container")
-            spec = KernelSpec(
-                session_id=session.id,
-                kernel_name=kernel.name,
-                image=session.image,
-                resources=ResourceSlot({k: Decimal(str(v)) for k, v in session.resources.items()}),
-                environ=session.params.get("environ", {}),
-                key=secrets.token_hex(32),
-            )
-            handle = await agent.create_kernel(spec)
+            handle = await self._create_kernel(session.id, kernel.name, agent)
             created = True
             await self.repository.set_kernel_placement(
                 kernel.id, container_id=handle.container_id, connection=handle.connection
@@ -472,7 +635,10 @@ class SessionService:
                 raise InvalidStatus("the session left CREATING while its container started")
             timeout = self.config.deadlines.get(S.CREATING, 120.0)
             await self.connections.wait_ready(kernel.id, handle.connection, timeout)
-            await self._transit(session.id, S.RUNNING, "kernel ready", expected={S.CREATING})
+            ready = await self._run_bootstrap(session.id, handle.container_id, agent, S.CREATING)
+            await self._transit(session.id, S.RUNNING, ready, expected={S.CREATING})
+            if session.type == SessionType.BATCH:
+                self._background(self._run_batch_session(session.id))
         except asyncio.CancelledError:
             raise
         except InvalidStatus:
@@ -485,6 +651,51 @@ class SessionService:
         except Exception as exc:
             self.log.exception("starting session %s failed", session.id)
             await self._fail(session.id, f"internal error while starting: {type(exc).__name__}")
+
+    async def _run_batch_session(self, session_id: str) -> None:
+        """Run a batch session's startup_command; its exit decides SUCCESS or FAILURE, then the
+        session ends (TERMINATED) with its output kept in the store."""
+        session = await self.repository.get(session_id)
+        kernel = session.main_kernel
+        assert kernel is not None and kernel.agent_id is not None
+        command = str(session.params.get("startup_command") or "")
+        timeout = session.params.get("batch_timeout")
+        output = Console(BATCH_OUTPUT_BYTES)
+        code: int | None = None
+        problem = ""
+        try:
+            agent = self.agents.get(kernel.agent_id)
+            process = await agent.exec(
+                kernel.container_id or agent.kernel_ref(session.id, kernel.name),
+                ["sh", "-c", command],
+                environ=session.params.get("environ", {}),
+            )
+
+            async def collect() -> None:
+                while (chunk := await process.read()) is not None:
+                    output.add(*chunk)
+
+            try:
+                await asyncio.wait_for(collect(), timeout)
+            except TimeoutError:
+                problem = f"batch-timeout: still running after {timeout:g} s"
+                await process.signal(signal.SIGKILL)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(collect(), 10)
+            code = await asyncio.wait_for(process.wait(), 30)
+        except (SessionsError, TimeoutError) as exc:
+            problem = problem or f"the startup command could not run: {exc}"
+        result = SessionResult.SUCCESS if code == 0 and not problem else SessionResult.FAILURE
+        text = "".join(str(data) for _kind, data in output.take())
+        await self.repository.set_result(
+            session_id, result, code, {"batch": {"output": text, "problem": problem}}
+        )
+        reason = problem or f"batch finished with exit code {code}"
+        try:
+            await self._transit(session_id, S.TERMINATING, reason, expected=ALIVE_STATUSES)
+        except InvalidStatus:
+            return  # destroyed meanwhile: that teardown finishes it
+        await self._teardown(session_id, forced=True)
 
     async def _fail(self, session_id: str, reason: str) -> None:
         with contextlib.suppress(InvalidStatus):
@@ -504,6 +715,8 @@ class SessionService:
 
     async def _teardown_locked(self, session_id: str, forced: bool) -> None:
         session = await self.repository.get(session_id)
+        self._batches.pop(session_id, None)
+        self.last_activity.pop(session_id, None)
         try:
             agent: Agent | None = None
             for kernel in session.kernels:
@@ -531,23 +744,27 @@ class SessionService:
         now = utcnow()
         watched = set(self.config.deadlines) | {S.RUNNING, S.RUNNING_DEGRADED}
         for session in await self.repository.in_statuses(watched):
-            limit = self.config.deadlines.get(session.status)
-            if limit is not None and now - session.status_changed_at > timedelta(seconds=limit):
-                if self.is_busy(session.id) and session.status is not S.TERMINATING:
-                    task = self._tasks.get(session.id)
-                    if task is not None:
-                        task.cancel()
-                target = S.TERMINATED if session.status is S.TERMINATING else S.ERROR
-                with contextlib.suppress(InvalidStatus):
-                    await self._transit(
-                        session.id,
-                        target,
-                        f"deadline: {session.status} for more than {limit:g} s",
-                        expected={session.status},
-                    )
-                continue
-            if session.status in (S.RUNNING, S.RUNNING_DEGRADED):
-                await self._check_alive(session)
+            await self._recheck(session, now)
+
+    async def _recheck(self, session: SessionData, now: datetime) -> None:
+        """One session as the sweeper sees it (also check_and_transit_status, on demand)."""
+        limit = self.config.deadlines.get(session.status)
+        if limit is not None and now - session.status_changed_at > timedelta(seconds=limit):
+            if self.is_busy(session.id) and session.status is not S.TERMINATING:
+                task = self._tasks.get(session.id)
+                if task is not None:
+                    task.cancel()
+            target = S.TERMINATED if session.status is S.TERMINATING else S.ERROR
+            with contextlib.suppress(InvalidStatus):
+                await self._transit(
+                    session.id,
+                    target,
+                    f"deadline: {session.status} for more than {limit:g} s",
+                    expected={session.status},
+                )
+            return
+        if session.status in (S.RUNNING, S.RUNNING_DEGRADED):
+            await self._check_alive(session)
 
     async def _check_alive(self, session: SessionData) -> None:
         kernel = session.main_kernel
@@ -567,3 +784,230 @@ class SessionService:
                     "the kernel's container vanished",
                     expected={session.status},
                 )
+
+    # --- modify, rename, restart, transit-status, bootstrap (lifecycle-actions task) ---------
+
+    async def modify_session(self, action: ModifySessionAction) -> SessionData:
+        """Tag, priority, idle timeout, name (as rename), and resources while still PENDING."""
+        session = await self._resolve(action)
+        values = dict(action.changes.values)
+        if "resources" in values:
+            if session.status is not S.PENDING:
+                raise InvalidStatus(
+                    f"resources can change only while the session is PENDING; "
+                    f"it is {session.status}",
+                    status=str(session.status),
+                )
+            # A partial change, merged over what the session asks for now; then every check a
+            # create makes, so a modify never gets more than a create would.
+            resources = values["resources"].merged_over(ResourceSlot.parse(session.resources))
+            await self._check_resources(resources, session.scaling_group)
+            policy = await self.accounts.policy_of(session.owner_access_key)
+            self._check_policy(policy, resources, session.cluster_size)
+            values["resources"] = resources.to_json()
+        return await self.repository.modify_session(session.id, values)
+
+    async def rename_session(self, action: RenameSessionAction) -> SessionData:
+        """A new name, checked before anything is written and logged in the status history."""
+        session = await self._resolve(action)
+        return await self.repository.modify_session(session.id, {"name": action.name})
+
+    async def restart_session(self, action: RestartSessionAction) -> RestartSessionResult:
+        """In place (new container and kernel, same id and work volume), or run a final one
+        again as a new session made from its stored parameters."""
+        session = await self._resolve(action)
+        if session.status in TERMINAL_STATUSES:
+            again = await self._run_again(session, action.caller)
+            return RestartSessionResult(again, created=True)
+        if session.status not in RESTARTABLE_STATUSES:
+            raise InvalidStatus(
+                f"the session is {session.status}; a restart needs RUNNING, RUNNING_DEGRADED or "
+                "ERROR (or TERMINATED or CANCELLED, to run it again as a new session)",
+                status=str(session.status),
+            )
+        if self.is_busy(session.id):
+            raise InvalidStatus(
+                f"the session is {session.status} but its last start is still unwinding; "
+                "try again in a moment",
+                status=str(session.status),
+            )
+        agent = await self._restart_agent(session)
+        session = await self._transit(
+            session.id, S.RESTARTING, "user-requested restart", expected={session.status}
+        )
+        self._spawn(session.id, self._restart(session, agent))
+        return RestartSessionResult(session, created=False)
+
+    async def _restart_agent(self, session: SessionData) -> Agent:
+        """The agent that holds the session's work volume; any reachable one if it has none."""
+        kernel = session.main_kernel
+        if kernel is not None and kernel.agent_id is not None:
+            agent = self.agents.get(kernel.agent_id)
+            info = await agent.info()
+            if not info.reachable:
+                raise AgentUnavailable(
+                    f"agent {agent.id}, which holds this session's work volume, is not "
+                    f"reachable: {info.detail}"
+                )
+            return agent
+        reachable = await self.agents.reachable(session.scaling_group)
+        if not reachable:
+            raise AgentUnavailable(
+                f"no agent of scaling group {session.scaling_group!r} is reachable"
+            )
+        return reachable[0][0]
+
+    async def _restart(self, session: SessionData, agent: Agent) -> None:
+        """RESTARTING → a new container and kernel (same id and work volume) → RUNNING."""
+        kernel = session.main_kernel
+        assert kernel is not None
+        created = False
+        try:
+            self.connections.close(kernel.id)
+            if kernel.agent_id is not None:
+                ref = kernel.container_id or agent.kernel_ref(session.id, kernel.name)
+                await agent.destroy_kernel(ref)  # the container only: the work volume stays
+            await self.repository.set_kernel_placement(kernel.id, agent_id=agent.id)
+            handle = await self._create_kernel(session.id, kernel.name, agent)
+            created = True
+            await self.repository.set_kernel_placement(
+                kernel.id, container_id=handle.container_id, connection=handle.connection
+            )
+            if (await self.repository.get(session.id)).status is not S.RESTARTING:
+                raise InvalidStatus("the session left RESTARTING while its container started")
+            timeout = self.config.deadlines.get(S.RESTARTING, 180.0)
+            await self.connections.wait_ready(kernel.id, handle.connection, timeout)
+            ready = await self._run_bootstrap(session.id, handle.container_id, agent, S.RESTARTING)
+            await self._transit(
+                session.id, S.RUNNING, f"restarted: {ready}", expected={S.RESTARTING}
+            )
+            if session.type == SessionType.BATCH:
+                self._background(self._run_batch_session(session.id))
+        except asyncio.CancelledError:
+            raise
+        except InvalidStatus:
+            current = await self.repository.get(session.id)
+            if current.status is S.TERMINATING or (created and current.status in TERMINAL_STATUSES):
+                await self._teardown(session.id, forced=True)
+        except SessionsError as exc:
+            await self._fail(session.id, f"restart failed: {exc.message}")
+        except Exception as exc:
+            self.log.exception("restarting session %s failed", session.id)
+            await self._fail(session.id, f"internal error while restarting: {type(exc).__name__}")
+
+    async def _run_again(self, session: SessionData, caller: Caller) -> SessionData:
+        """A new session from a final one's stored parameters and name (``restarted_from``).
+
+        The body goes through the same validation and policy checks as ``POST sessions``, so
+        running a session again never gets past what a create would be refused today.
+        """
+        body: dict[str, Any] = {
+            "name": session.name,
+            "image": session.image,
+            "resources": session.resources,
+            "type": session.type,
+            "cluster_mode": session.cluster_mode,
+            "cluster_size": session.cluster_size,
+            "scaling_group": session.scaling_group,
+            "tag": session.tag,
+        }
+        body.update(
+            (key, value)
+            for key, value in session.params.items()
+            if key in CREATE_FIELDS and key not in NOT_REPLAYED and value is not None
+        )
+        body["enqueue_only"] = True  # answer at once with the new session
+        params = CreateSessionParams.from_json(body)
+        if caller.access_key != session.owner_access_key:
+            # An admin runs another key's session again: it stays that key's (and its quota's).
+            caller = Caller(access_key=session.owner_access_key, user=caller.user, is_admin=False)
+        created = await self.create_from_params(
+            CreateFromParamsAction(caller=caller, params=params, restarted_from=session.id)
+        )
+        return created.session
+
+    async def check_and_transit_status(
+        self, action: CheckAndTransitStatusAction
+    ) -> ListSessionsResult:
+        """Re-check now what the sweeper checks periodically; answer the statuses after it."""
+        scope = self._scope(action.caller, action.owner_access_key)
+        name_owner = action.owner_access_key or action.caller.access_key
+        # Every ref is resolved (404 for another's or an unknown one) before anything moves.
+        sessions = [
+            await self.repository.resolve(ref, scope, name_owner=name_owner) for ref in action.refs
+        ]
+        now = utcnow()
+        checked = []
+        for session in sessions:
+            await self._recheck(session, now)
+            checked.append(await self.repository.get(session.id))
+        return ListSessionsResult(checked, len(checked))
+
+    async def _create_kernel(self, session_id: str, kernel_name: str, agent: Agent) -> KernelHandle:
+        """Create a kernel's container from the session as stored now (a PATCH of a PENDING
+        session's resources may have landed since the caller read it), with a fresh key."""
+        session = await self.repository.get(session_id)
+        spec = KernelSpec(
+            session_id=session.id,
+            kernel_name=kernel_name,
+            image=session.image,
+            resources=ResourceSlot({k: Decimal(str(v)) for k, v in session.resources.items()}),
+            environ=session.params.get("environ", {}),
+            key=secrets.token_hex(32),
+        )
+        return await agent.create_kernel(spec)
+
+    async def _run_bootstrap(
+        self, session_id: str, container_id: str, agent: Agent, phase: SessionStatus
+    ) -> str:
+        """Run the session's bootstrap_script, if any, in the work directory of its new kernel.
+
+        The script is the user's own: one argv item of ``["sh", "-c", script]``, never part of
+        a command line of ours. It must finish within what is left of ``phase``'s deadline; a
+        non-zero exit (or running out of time) raises with the tail of its output. Answers the
+        reason the session becomes RUNNING with.
+        """
+        session = await self.repository.get(session_id)
+        script = session.params.get("bootstrap_script")
+        if not script:
+            return "kernel ready"
+        limit = self.config.deadlines.get(phase)
+        timeout = None
+        if limit is not None:
+            spent = (utcnow() - session.status_changed_at).total_seconds()
+            timeout = max(limit - spent - 1.0, 1.0)
+        output = Console(BOOTSTRAP_OUTPUT_BYTES)
+        process = await agent.exec(
+            container_id, ["sh", "-c", str(script)], environ=session.params.get("environ", {})
+        )
+
+        async def collect() -> int:
+            while (chunk := await process.read()) is not None:
+                output.add(*chunk)
+            return await process.wait()
+
+        try:
+            code = await asyncio.wait_for(collect(), timeout)
+        except TimeoutError:
+            with contextlib.suppress(SessionsError):
+                await process.signal(signal.SIGKILL)
+            raise Timeout(
+                f"bootstrap_script still running after {timeout:g} s (what is left of the "
+                f"{phase} deadline){_tail(output)}"
+            ) from None
+        except asyncio.CancelledError:
+            self._background(process.signal(signal.SIGKILL))  # swept: stop the script too
+            raise
+        if code != 0:
+            raise InvalidRequest(f"bootstrap_script failed with exit code {code}{_tail(output)}")
+        return "kernel ready, bootstrap_script done"
+
+
+def _tail(output: Console, limit: int = BOOTSTRAP_TAIL_CHARS) -> str:
+    """The last ``limit`` characters of a console (stdout and stderr interleaved)."""
+    text = "".join(str(data) for _kind, data in output.take())
+    if not text.strip():
+        return " (no output)"
+    if len(text) > limit:
+        text = "…" + text[-limit:]
+    return ": " + text.rstrip()

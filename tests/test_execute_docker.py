@@ -296,3 +296,43 @@ def test_unpolled_output_is_bounded() -> None:
     assert sum(len(data) for kind, data in items[1:]) <= 100
     assert items[-1] == ["stderr", "e\n"]
     assert console.take() == []
+
+
+async def batch_to_end(api: Api, session: str, **options: Any) -> list[dict[str, Any]]:
+    """Every answer of a batch run, continued until it finishes."""
+    answers = [await execute(api, session, mode="batch", options=options)]
+    while answers[-1]["status"] not in ("finished", "exec-timeout"):
+        answers.append(await execute(api, session, mode="continue", run_id=answers[0]["run_id"]))
+    return answers
+
+
+async def test_batch_runs_clean_build_exec_in_the_work_directory(api: Api, session_id: str) -> None:
+    answers = await batch_to_end(
+        api,
+        session_id,
+        clean="rm -f built.txt; echo cleaned",
+        build="echo artefact > built.txt; echo built",
+        exec='cat built.txt; pwd; echo "$0" >&2; exit 3',
+    )
+    statuses = [a["status"] for a in answers if a["status"] != "continued"]
+    assert statuses == ["clean-finished", "build-finished", "finished"]
+    assert answers[-1]["exit_code"] == 3
+    console = [item for a in answers for item in a["console"]]
+    stdout = text_of(console, "stdout")
+    assert stdout.split() == ["cleaned", "built", "artefact", "/home/work"]
+    assert text_of(console, "stderr").strip() == "sh"
+
+
+async def test_a_failed_build_skips_exec_and_keeps_its_exit_code(api: Api, session_id: str) -> None:
+    answers = await batch_to_end(api, session_id, build="echo oops >&2; exit 2", exec="echo never")
+    assert answers[-1]["status"] == "finished" and answers[-1]["exit_code"] == 2
+    console = [item for a in answers for item in a["console"]]
+    assert "never" not in text_of(console, "stdout")
+    assert "oops" in text_of(console, "stderr")
+
+
+async def test_a_batch_command_over_its_timeout_is_killed(api: Api, session_id: str) -> None:
+    answers = await batch_to_end(api, session_id, exec="sleep 60", timeout=1)
+    assert answers[-1]["status"] == "exec-timeout" and answers[-1]["exit_code"] != 0
+    ps = await batch_to_end(api, session_id, exec="ps -eo args")
+    assert "sleep 60" not in text_of(ps[-1]["console"], "stdout")  # the whole group was killed

@@ -150,6 +150,7 @@ async def test_enqueue_only_answers_at_once_and_names_stay_unique(api: Api) -> N
 
 
 async def test_destroy_while_pending_cancels_at_once(api: Api, sessions_app: Any) -> None:
+    await sessions_app.ensure_started()
     await sessions_app.scheduler.stop()  # hold the queue so the session stays PENDING
     answer = await api("POST", "sessions", body={"name": "never-runs", "enqueue_only": True})
     assert answer.body["status"] == "PENDING"

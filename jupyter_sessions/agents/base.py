@@ -7,8 +7,9 @@ An agent turns a ``KernelSpec`` into a running kernel and hands back how to reac
 from __future__ import annotations
 
 import abc
+import asyncio
 import logging
-from collections.abc import Iterator, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
@@ -62,6 +63,61 @@ class ImageInfo:
     created: str
 
 
+@dataclass(frozen=True)
+class KernelListing:
+    """A kernel container of this installation found on an agent (reconciliation at start-up)."""
+
+    #: From the container's labels; None for an installation's container of no session.
+    session_id: str | None
+    kernel_name: str | None
+    container_id: str
+    running: bool
+    #: Where its ports are now, re-read from the engine (published host ports change when the
+    #: engine restarts a container): ``ip`` and the ``*_port`` keys; empty when not running.
+    connection: dict[str, Any] = field(default_factory=dict)
+    #: What the engine says of it, e.g. "exited (137)".
+    state: str = ""
+
+
+class ExecProcess:
+    """A command running inside a kernel's container: its output as it comes, and its exit.
+
+    Agents feed it (``feed``/``exited``, from any thread through the loop); callers ``read`` chunks
+    of ``("stdout" | "stderr", text)`` until None, then ``wait`` for the exit code.
+    """
+
+    def __init__(self, signal: Callable[[int], Awaitable[None]]) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._chunks: asyncio.Queue[tuple[str, str] | None] = asyncio.Queue()
+        self._exit: asyncio.Future[int] = self._loop.create_future()
+        self._signal = signal
+
+    def feed(self, stream: str, text: str) -> None:
+        """Thread-safe: one chunk of output."""
+        self._loop.call_soon_threadsafe(self._chunks.put_nowait, (stream, text))
+
+    def exited(self, code: int) -> None:
+        """Thread-safe: the command ended (after its last output)."""
+
+        def finish() -> None:
+            self._chunks.put_nowait(None)
+            if not self._exit.done():
+                self._exit.set_result(code)
+
+        self._loop.call_soon_threadsafe(finish)
+
+    async def read(self) -> tuple[str, str] | None:
+        return await self._chunks.get()
+
+    async def wait(self) -> int:
+        return await self._exit
+
+    async def signal(self, signum: int) -> None:
+        """Signal the command's whole process group."""
+        if not self._exit.done():
+            await self._signal(signum)
+
+
 class Agent(abc.ABC):
     """A place where kernels run. Every method is a coroutine; blocking work stays off the loop."""
 
@@ -103,6 +159,29 @@ class Agent(abc.ABC):
     @abc.abstractmethod
     async def list_images(self) -> list[ImageInfo]:
         """Images present on this agent."""
+
+    @abc.abstractmethod
+    async def exec(
+        self, container_ref: str, argv: list[str], *, environ: Mapping[str, str] | None = None
+    ) -> ExecProcess:
+        """Run ``argv`` (never through a shell of ours) in the kernel's work directory, as the
+        kernel's user, in a process group of its own so it can be signalled as a whole."""
+
+    # --- reconciliation at start-up (reconcile.py) ----------------------------------------
+
+    #: Whether kernels keep running while the server is down (Docker) or die with it (local).
+    kernels_outlive_server: bool = False
+
+    async def setup(self) -> None:  # noqa: B027 - optional hook
+        """Re-establish at start-up what the agent's kernels share (never raises)."""
+
+    async def list_kernels(self) -> list[KernelListing]:
+        """This installation's kernel containers that exist on the agent now (running or not)."""
+        return []
+
+    async def list_session_storage(self) -> list[str]:
+        """Ids of the sessions whose work storage of this installation exists on the agent."""
+        return []
 
     async def close(self) -> None:  # noqa: B027 - optional hook, most agents hold nothing
         """Release clients and connections."""

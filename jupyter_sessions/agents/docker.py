@@ -8,12 +8,22 @@ else it refuses is AgentError (502) with the engine's message.
 from __future__ import annotations
 
 import asyncio
+import codecs
 import io
 import json
+import logging
+import os
+import shlex
+import shutil
+import signal as signal_module
+import subprocess
 import tarfile
+import threading
 import time
-from collections.abc import Callable
+import uuid
+from collections.abc import Callable, Mapping
 from decimal import Decimal
+from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import urlparse
 
@@ -30,8 +40,10 @@ from .base import (
     LABEL_SESSION,
     Agent,
     AgentInfo,
+    ExecProcess,
     ImageInfo,
     KernelHandle,
+    KernelListing,
     KernelSpec,
 )
 
@@ -85,6 +97,7 @@ class DockerAgent(Agent):
     """Kernels as containers on one Docker engine."""
 
     kind = "docker"
+    kernels_outlive_server = True
 
     def __init__(
         self,
@@ -98,6 +111,8 @@ class DockerAgent(Agent):
         pids_limit: int = 1024,
         cap_add: list[str] | None = None,
         timeout: float = 30.0,
+        helper_image: str = "",
+        host_firewall: str = "auto",
     ) -> None:
         super().__init__(agent_id, scaling_group=scaling_group, url=url)
         self.installation_id = installation_id
@@ -119,6 +134,16 @@ class DockerAgent(Agent):
         self._network: str | None = None
         self._info: tuple[float, AgentInfo] | None = None
         self._lock = asyncio.Lock()
+        if host_firewall not in HOST_FIREWALL_MODES:
+            raise ValueError(f"host_firewall must be one of {', '.join(HOST_FIREWALL_MODES)}")
+        #: How the host-port rule is applied: "auto" (iptables here when this host runs the
+        #: bridge, else through the engine), "direct", "engine" or "off".
+        self.host_firewall = host_firewall
+        #: Image of the short-lived helper container that applies the rule through the engine.
+        self.helper_image = helper_image
+        #: Whether the rule holds, and what GET agents says about it (empty: no network yet).
+        self.host_ports_closed = False
+        self.host_ports_status = ""
 
     # --- plumbing ------------------------------------------------------------------------
 
@@ -173,7 +198,7 @@ class DockerAgent(Agent):
             capacity=ResourceSlot(
                 {"cpu": Decimal(raw.get("NCPU", 0)), "mem": Decimal(raw.get("MemTotal", 0))}
             ),
-            detail=f"Docker {raw.get('ServerVersion', '?')} at {self.url}",
+            detail=f"Docker {raw.get('ServerVersion', '?')} at {self.url}{self._host_ports_note()}",
             version=str(raw.get("ServerVersion", "")),
         )
         self._info = (time.monotonic(), info)
@@ -187,18 +212,23 @@ class DockerAgent(Agent):
             client = self._docker()
 
             def ensure() -> str:
-                found = client.networks.list(names=[self.network_name])
-                if found:
-                    return self.network_name
-                client.networks.create(
-                    self.network_name,
-                    driver="bridge",
-                    options={"com.docker.network.bridge.enable_icc": "false"},
-                    labels={LABEL_INSTALLATION: self.installation_id},
-                )
-                return self.network_name
+                found = self._find_network(client)
+                if found is None:
+                    found = client.networks.create(
+                        self.network_name,
+                        driver="bridge",
+                        options={
+                            "com.docker.network.bridge.enable_icc": "false",
+                            # Named, so the host-port rule can name it (at most 15 characters).
+                            BRIDGE_NAME_OPTION: bridge_interface(self.installation_id),
+                        },
+                        labels={LABEL_INSTALLATION: self.installation_id},
+                    )
+                return bridge_of(found.attrs, found.id or "")
 
-            self._network = await self._call(ensure, "create network")
+            bridge = await self._call(ensure, "create network")
+            await self._guard_host_ports(bridge)
+            self._network = self.network_name
             return self._network
 
     async def create_kernel(self, spec: KernelSpec) -> KernelHandle:
@@ -349,7 +379,380 @@ class DockerAgent(Agent):
 
         return await self._call(images, "list images")
 
+    async def exec(
+        self, container_ref: str, argv: list[str], *, environ: Mapping[str, str] | None = None
+    ) -> ExecProcess:
+        client = self._docker()
+        # setsid gives the command a process group of its own (so a signal reaches its children)
+        # and records its pid; the user's argv follows as arguments, never inside a script.
+        pidfile = f"/tmp/jsess-exec-{uuid.uuid4().hex}.pid"  # noqa: S108 - inside the container
+        wrapped = ["setsid", "-w", "sh", "-c", 'echo $$ > "$0"; exec "$@"', pidfile, *argv]
+
+        def create() -> str:
+            created = client.api.exec_create(
+                container_ref,
+                wrapped,
+                stdout=True,
+                stderr=True,
+                workdir="/home/work",
+                user=self.container_user,
+                environment=dict(environ) if environ else None,
+            )
+            return str(created["Id"])
+
+        exec_id = await self._call(create, "start a command")
+
+        async def signal(signum: int) -> None:
+            name = signal_module.Signals(signum).name.removeprefix("SIG")
+
+            def kill() -> None:
+                killer = client.api.exec_create(
+                    container_ref,
+                    ["sh", "-c", 'kill -s "$1" -- -"$(cat "$0")"', pidfile, name],
+                    user=self.container_user,
+                )
+                client.api.exec_start(killer["Id"])
+
+            await self._call(kill, "signal a command")
+
+        process = ExecProcess(signal)
+
+        def pump() -> None:
+            decoders = {
+                "stdout": codecs.getincrementaldecoder("utf-8")("replace"),
+                "stderr": codecs.getincrementaldecoder("utf-8")("replace"),
+            }
+            code = -1
+            try:
+                for out, err in client.api.exec_start(exec_id, stream=True, demux=True):
+                    for stream, data in (("stdout", out), ("stderr", err)):
+                        if data:
+                            process.feed(stream, decoders[stream].decode(data))
+                inspected = client.api.exec_inspect(exec_id)
+                code = int(
+                    inspected.get("ExitCode") if inspected.get("ExitCode") is not None else -1
+                )
+            except Exception as exc:  # the engine went away mid-command: say so in its output
+                process.feed("stderr", f"\n[lost the command: {exc}]\n")
+            finally:
+                process.exited(code)
+
+        threading.Thread(target=pump, name=f"jsess-exec-{exec_id[:12]}", daemon=True).start()
+        return process
+
+    # --- start-up reconciliation and the host-port rule -------------------------------------
+
+    def _find_network(self, client: docker.DockerClient) -> Any:
+        """The installation's network, or None (the engine's name filter matches substrings)."""
+        for network in client.networks.list(names=[self.network_name]):
+            if network.name == self.network_name:
+                return network
+        return None
+
+    async def setup(self) -> None:
+        """Re-apply the host-port rule to an existing network (a host reboot flushes rules).
+
+        A missing network is not created here: it comes with the first kernel, so a server that
+        never starts a session leaves nothing on the engine.
+        """
+        client = self._docker()
+
+        def existing() -> str | None:
+            network = self._find_network(client)
+            return None if network is None else bridge_of(network.attrs, network.id or "")
+
+        try:
+            bridge = await self._call(existing, "inspect network")
+        except (AgentError, AgentUnavailable) as exc:
+            log.warning("agent %s: could not inspect the sessions' network: %s", self.id, exc)
+            return
+        if bridge is not None:
+            async with self._lock:
+                await self._guard_host_ports(bridge)
+                self._network = self.network_name
+
+    async def list_kernels(self) -> list[KernelListing]:
+        client = self._docker()
+        selector = {"label": f"{LABEL_INSTALLATION}={self.installation_id}"}
+
+        def listing() -> list[KernelListing]:
+            found = []
+            for container in client.containers.list(
+                all=True, filters=selector, ignore_removed=True
+            ):
+                labels = container.labels or {}
+                running = container.status == "running"
+                state = container.attrs.get("State") or {}
+                ports = (container.attrs.get("NetworkSettings") or {}).get("Ports") or {}
+                connection: dict[str, Any] = {}
+                if running:
+                    try:
+                        connection = {
+                            name: int(ports[f"{inner}/tcp"][0]["HostPort"])
+                            for name, inner in KERNEL_PORTS.items()
+                        }
+                        connection["ip"] = self.kernel_host
+                    except (KeyError, TypeError, IndexError, ValueError):
+                        connection = {}
+                found.append(
+                    KernelListing(
+                        session_id=labels.get(LABEL_SESSION),
+                        kernel_name=labels.get(LABEL_KERNEL),
+                        container_id=container.id or "",
+                        running=running,
+                        connection=connection,
+                        state=(
+                            "running"
+                            if running
+                            else f"{container.status} (exit code {state.get('ExitCode')})"
+                        ),
+                    )
+                )
+            return found
+
+        return await self._call(listing, "list kernel containers")
+
+    async def list_session_storage(self) -> list[str]:
+        client = self._docker()
+        selector = {"label": f"{LABEL_INSTALLATION}={self.installation_id}"}
+
+        def listing() -> list[str]:
+            return [
+                (volume.attrs.get("Labels") or {}).get(LABEL_SESSION) or ""
+                for volume in client.volumes.list(filters=selector)
+            ]
+
+        return [sid for sid in await self._call(listing, "list work volumes") if sid]
+
+    async def remove_network(self) -> None:
+        """Remove the sessions' network and its host-port rules (once no container uses it)."""
+        client = self._docker()
+
+        def remove() -> str | None:
+            network = self._find_network(client)
+            if network is None:
+                return None
+            bridge = bridge_of(network.attrs, network.id or "")
+            network.remove()
+            return bridge
+
+        async with self._lock:
+            bridge = await self._call(remove, "remove network")
+            self._network = None
+            if bridge is not None and self.host_firewall != "off":
+                run = self._rule_runner(bridge)[0]
+                if run is not None:
+                    await asyncio.to_thread(
+                        remove_host_rules, run, host_rule(bridge, self.installation_id)
+                    )
+            self.host_ports_closed, self.host_ports_status = False, ""
+            self._info = None
+
+    def _rule_runner(self, bridge: str) -> tuple[RuleRunner | None, str]:
+        """How to run iptables for ``bridge`` (here or through the engine), or why it can't be."""
+        if self.host_firewall == "off":
+            return None, "disabled by configuration (host_firewall: off)"
+        if self.host_firewall != "engine":
+            direct_problem = direct_iptables_problem(bridge)
+            if not direct_problem:
+                return run_direct, ""
+            if self.host_firewall == "direct":
+                return None, direct_problem
+            if not self.helper_image:
+                return None, f"{direct_problem}, and no helper image to apply it through the engine"
+        elif not self.helper_image:
+            return None, "no helper image to apply it through the engine"
+        return self._run_on_engine, ""
+
+    def _run_on_engine(self, argv: list[str]) -> tuple[int, str]:
+        """Run an iptables argv in the engine host's network namespace, with its own iptables.
+
+        A short-lived container of the kernel image (no registry) with the host's network and
+        NET_ADMIN chroots into the host's root file system, mounted read-only: the kernel image
+        has no iptables, and the engine's host always has the one Docker itself uses.
+        """
+        client = self._docker()
+        try:
+            output = client.containers.run(
+                self.helper_image,
+                ["/usr/sbin/chroot", "/host", *argv],
+                remove=True,
+                user="0:0",
+                network_mode="host",
+                cap_drop=["ALL"],
+                cap_add=["NET_ADMIN", "SYS_CHROOT"],
+                security_opt=["no-new-privileges:true"],
+                volumes={"/": {"bind": "/host", "mode": "ro"}},
+                tmpfs={"/host/run": ""},  # legacy iptables' lock file must be writable
+                environment={"PATH": SBIN_PATH},
+                labels={LABEL_INSTALLATION: self.installation_id},
+                stdout=True,
+                stderr=True,
+            )
+        except docker.errors.ContainerError as exc:
+            stderr = exc.stderr.decode(errors="replace") if isinstance(exc.stderr, bytes) else ""
+            return int(exc.exit_status), stderr
+        except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
+            return 125, f"the helper container failed: {exc}"
+        text = output.decode(errors="replace") if isinstance(output, bytes) else ""
+        return 0, text
+
+    async def _guard_host_ports(self, bridge: str) -> None:
+        """Refuse new connections from the sessions' bridge to the host; record when it can't."""
+        run, problem = self._rule_runner(bridge)
+        problems = [problem] if run is None else []
+        if run is not None:
+            rule = host_rule(bridge, self.installation_id)
+
+            def apply() -> list[str]:
+                if run is run_direct:
+                    prune_stale_rules(run)
+                return ensure_host_rules(run, rule)
+
+            problems = await asyncio.to_thread(apply)
+        how = "iptables on this host" if run is run_direct else "iptables through the engine"
+        ipv4_failed = any(p.startswith("iptables:") for p in problems) or run is None
+        self.host_ports_closed = not ipv4_failed
+        if not problems:
+            self.host_ports_status = f"host ports closed to sessions ({how}, bridge {bridge})"
+        elif not ipv4_failed:
+            self.host_ports_status = (
+                f"host ports closed to sessions over IPv4 ({how}, bridge {bridge}); "
+                f"IPv6: {'; '.join(problems)}"
+            )
+            log.warning("agent %s: %s", self.id, self.host_ports_status)
+        else:
+            self.host_ports_status = (
+                f"WARNING: sessions CAN open connections to the host's ports (bridge {bridge}): "
+                f"{'; '.join(problems)}"
+            )
+            log.error("agent %s: %s", self.id, self.host_ports_status)
+        self._info = None
+
+    def _host_ports_note(self) -> str:
+        return f"; {self.host_ports_status}" if self.host_ports_status else ""
+
     async def close(self) -> None:
         if self._client is not None:
             client, self._client = self._client, None
             await asyncio.to_thread(client.close)
+
+
+# --- the host-port rule: sessions can't open connections to the engine host's own ports -------
+#
+# One rule per address family in the INPUT chain of the engine's host: new connections (or
+# datagrams) arriving from the sessions' bridge for any of the host's own addresses (the bridge's
+# gateway, the host's other interfaces and bridges) are rejected. Replies on connections the host
+# opened (the manager's ZMQ through published ports) are ESTABLISHED and pass. Traffic between
+# sessions never reaches INPUT: the bridge's icc=false drops it in FORWARD.
+
+log = logging.getLogger(__name__)
+
+#: The network option that names the bridge interface.
+BRIDGE_NAME_OPTION = "com.docker.network.bridge.name"
+HOST_FIREWALL_MODES = ("auto", "direct", "engine", "off")
+#: Marks our rules (followed by the installation id), so they are found and removed exactly.
+RULE_COMMENT = "jupyter-sessions"
+#: Where iptables lives (sbin is often not on a server's PATH).
+SBIN_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+#: Both families: a bridge carries IPv6 link-local traffic even without IPv6 networking.
+IPTABLES = ("iptables", "ip6tables")
+
+#: Runs one iptables argv (never through a shell) and returns its exit code and output.
+RuleRunner = Callable[[list[str]], tuple[int, str]]
+
+
+def bridge_interface(installation_id: str) -> str:
+    """The bridge interface of an installation's network (Linux allows 15 characters)."""
+    return f"jsess-{installation_id[:9]}"
+
+
+def bridge_of(attrs: dict[str, Any], network_id: str) -> str:
+    """A network's bridge interface: the name it was given, else Docker's ``br-<id>``."""
+    return str((attrs.get("Options") or {}).get(BRIDGE_NAME_OPTION) or f"br-{network_id[:12]}")
+
+
+def host_rule(bridge: str, installation_id: str) -> list[str]:
+    """The INPUT rule (chain and match, without the command) for one bridge."""
+    return [
+        "INPUT",
+        "-i",
+        bridge,
+        "-m",
+        "conntrack",
+        "--ctstate",
+        "NEW",
+        "-m",
+        "comment",
+        "--comment",
+        f"{RULE_COMMENT} {installation_id}",
+        "-j",
+        "REJECT",
+    ]
+
+
+def ensure_host_rules(run: RuleRunner, rule: list[str]) -> list[str]:
+    """Insert the rule first in INPUT for each family unless present; the problems, if any."""
+    problems = []
+    for binary in IPTABLES:
+        if run([binary, "-w", "-C", *rule])[0] == 0:
+            continue
+        code, output = run([binary, "-w", "-I", *rule])
+        if code != 0:
+            problems.append(f"{binary}: {output.strip() or f'exit code {code}'}")
+    return problems
+
+
+def remove_host_rules(run: RuleRunner, rule: list[str]) -> None:
+    for binary in IPTABLES:
+        for _ in range(16):  # a duplicate, if two managers raced to insert it
+            if run([binary, "-w", "-C", *rule])[0] != 0:
+                break
+            run([binary, "-w", "-D", *rule])
+
+
+def prune_stale_rules(run: RuleRunner) -> None:
+    """Drop our rules whose bridge no longer exists (its network was removed by other means)."""
+    for binary in IPTABLES:
+        code, output = run([binary, "-w", "-S", "INPUT"])
+        if code != 0:
+            continue
+        for line in output.splitlines():
+            if f"{RULE_COMMENT} " not in line or not line.startswith("-A INPUT "):
+                continue
+            try:
+                parts = shlex.split(line)  # parsing iptables' own output, not running a shell
+                bridge = parts[parts.index("-i") + 1]
+            except (ValueError, IndexError):
+                continue
+            comment = parts[parts.index("--comment") + 1] if "--comment" in parts else ""
+            if (
+                comment.startswith(f"{RULE_COMMENT} ")
+                and not Path("/sys/class/net", bridge).exists()
+            ):
+                run([binary, "-w", "-D", *parts[1:]])
+
+
+def direct_iptables_problem(bridge: str) -> str:
+    """Why iptables can't be run here for ``bridge`` (empty when it can)."""
+    if os.geteuid() != 0:
+        return "the server does not run as root"
+    if shutil.which("iptables", path=SBIN_PATH) is None:
+        return "no iptables on the server's host"
+    if not Path("/sys/class/net", bridge).exists():
+        return f"bridge {bridge} is not in the server's network namespace (a remote engine?)"
+    return ""
+
+
+def run_direct(argv: list[str]) -> tuple[int, str]:
+    """Run an iptables argv on this host (root, no shell)."""
+    binary = shutil.which(argv[0], path=SBIN_PATH)
+    if binary is None:
+        return 127, f"{argv[0]} not found"
+    try:
+        done = subprocess.run(
+            [binary, *argv[1:]], capture_output=True, text=True, timeout=60, check=False
+        )
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return 126, str(exc)
+    return done.returncode, done.stdout + done.stderr

@@ -31,13 +31,15 @@ execs the kernel: no ``preexec_fn``, which is unsafe in a threaded server. A ker
 stays a zombie until ``destroy_kernel`` or ``close`` reaps it, on purpose: the unreaped leader
 keeps its pid, so signalling its process group can never hit an unrelated process that reused it.
 
-Kernels die with the server (``close``); nothing survives a restart, so there is nothing to
-re-attach. Blocking work (directories, files, fork/exec, removal) runs in threads.
+Kernels die with the server (``close``; after a SIGKILL, ipykernel's parent poller, given the
+server's pid by the default argv); nothing survives a restart, so there is nothing to re-attach.
+Blocking work (directories, files, fork/exec, removal) runs in threads.
 """
 
 from __future__ import annotations
 
 import asyncio
+import codecs
 import contextlib
 import datetime
 import json
@@ -52,15 +54,15 @@ import stat
 import subprocess
 import sys
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-from ..errors import AgentError, AgentUnavailable, InvalidRequest
+from ..errors import AgentError, AgentUnavailable, InvalidRequest, InvalidStatus
 from ..types import ResourceSlot
-from .base import Agent, AgentInfo, ImageInfo, KernelHandle, KernelSpec
+from .base import Agent, AgentInfo, ExecProcess, ImageInfo, KernelHandle, KernelSpec
 
 #: The one pseudo-image of this agent: the server's own Python environment.
 LOCAL_IMAGE = "local"
@@ -241,7 +243,17 @@ class LocalAgent(Agent):
         self.python = python
         #: The kernel's command; ``{connection_file}`` in an item becomes the connection file.
         self.kernel_argv = list(
-            kernel_argv or [python, "-m", "ipykernel_launcher", "-f", CONNECTION_PLACEHOLDER]
+            kernel_argv
+            or [
+                python,
+                "-m",
+                "ipykernel_launcher",
+                "-f",
+                CONNECTION_PLACEHOLDER,
+                # The kernel exits when its parent (this server) is gone, even after a SIGKILL:
+                # local kernels die with the server, as reconciliation at start-up assumes.
+                f"--IPKernelApp.parent_handle={os.getpid()}",
+            ]
         )
         self._kernels: list[_Kernel] = []
         self._tasks: set[asyncio.Task[None]] = set()
@@ -391,15 +403,7 @@ class LocalAgent(Agent):
         }
         _write_private(connection_file, json.dumps(connection).encode())
 
-        path = os.environ.get("PATH") or os.defpath
-        python_dir = os.path.dirname(self.python)
-        if python_dir and python_dir not in path.split(os.pathsep):
-            path = os.pathsep.join([python_dir, path])
-        env = {"PATH": path, "LANG": os.environ.get("LANG") or "C.UTF-8", "HOME": str(work)}
-        for name, value in spec.environ.items():
-            if not name or "=" in name or "\0" in name or "\0" in str(value):
-                raise InvalidRequest(f"environ: {name!r} is not a valid environment variable")
-            env[name] = str(value)
+        env = self._environment(work, spec.environ)
 
         argv = [a.replace(CONNECTION_PLACEHOLDER, str(connection_file)) for a in self.kernel_argv]
         if shutil.which(argv[0], path=env["PATH"]) is None:
@@ -427,6 +431,58 @@ class LocalAgent(Agent):
             )
         finally:
             os.close(log_fd)
+
+    def _environment(self, work: Path, environ: Mapping[str, str]) -> dict[str, str]:
+        """A clean environment: PATH, LANG, HOME and the session's own; nothing of the server's."""
+        path = os.environ.get("PATH") or os.defpath
+        python_dir = os.path.dirname(self.python)
+        if python_dir and python_dir not in path.split(os.pathsep):
+            path = os.pathsep.join([python_dir, path])
+        env = {"PATH": path, "LANG": os.environ.get("LANG") or "C.UTF-8", "HOME": str(work)}
+        for name, value in environ.items():
+            if not name or "=" in name or "\0" in name or "\0" in str(value):
+                raise InvalidRequest(f"environ: {name!r} is not a valid environment variable")
+            env[name] = str(value)
+        return env
+
+    async def exec(
+        self, container_ref: str, argv: list[str], *, environ: Mapping[str, str] | None = None
+    ) -> ExecProcess:
+        kernel = self._find(container_ref)
+        if kernel is None or kernel.proc is None or not _running(kernel.proc):
+            raise InvalidStatus(f"agent {self.id}: no running kernel {container_ref!r}")
+        work = self.work_dir(kernel.session_id)
+        try:
+            proc = await asyncio.create_subprocess_exec(  # an argv list, never a shell
+                *argv,
+                cwd=work,
+                env=self._environment(work, environ or {}),
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE,
+                start_new_session=True,
+            )
+        except OSError as exc:
+            raise AgentError(f"agent {self.id}: could not start {argv[0]!r}: {exc}") from None
+
+        async def send_signal(signum: int) -> None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signum)
+
+        process = ExecProcess(send_signal)
+
+        async def pump(stream: asyncio.StreamReader, name: str) -> None:
+            decoder = codecs.getincrementaldecoder("utf-8")("replace")
+            while chunk := await stream.read(65536):
+                process.feed(name, decoder.decode(chunk))
+
+        async def run() -> None:
+            assert proc.stdout is not None and proc.stderr is not None
+            await asyncio.gather(pump(proc.stdout, "stdout"), pump(proc.stderr, "stderr"))
+            process.exited(await proc.wait())
+
+        self._background(run())
+        return process
 
     async def destroy_kernel(self, container_ref: str, *, forced: bool = False) -> None:
         kernel = self._find(container_ref)

@@ -7,11 +7,24 @@ from .base import API_PREFIX, REF
 from .execute import CompleteHandler, ExecuteHandler, ExecuteStreamHandler, InterruptHandler
 from .info import AgentsHandler, ImagesHandler
 from .openapi import OpenAPIHandler
-from .sessions import SessionHandler, SessionsHandler, StatusHistoryHandler
+from .sessions import (
+    RenameHandler,
+    RestartHandler,
+    SessionHandler,
+    SessionsHandler,
+    StatusHistoryHandler,
+    TransitStatusHandler,
+)
+from .templates import FromTemplateHandler, template_handlers
 
 default_handlers: list[tuple[str, type]] = [
     (rf"{API_PREFIX}/sessions", SessionsHandler),
+    # Literal paths first: tornado takes the first match, and sessions/{ref} matches them too.
+    (rf"{API_PREFIX}/sessions/transit-status", TransitStatusHandler),
+    (rf"{API_PREFIX}/sessions/from-template", FromTemplateHandler),
     (rf"{API_PREFIX}/sessions/{REF}", SessionHandler),
+    (rf"{API_PREFIX}/sessions/{REF}/rename", RenameHandler),
+    (rf"{API_PREFIX}/sessions/{REF}/restart", RestartHandler),
     (rf"{API_PREFIX}/sessions/{REF}/status-history", StatusHistoryHandler),
     (rf"{API_PREFIX}/sessions/{REF}/execute", ExecuteHandler),
     (rf"{API_PREFIX}/sessions/{REF}/execute/stream", ExecuteStreamHandler),
@@ -24,5 +37,7 @@ default_handlers: list[tuple[str, type]] = [
 
 # Admin routes: keypairs, resource policies, audit log (handlers/accounts.py).
 default_handlers.extend(account_handlers)
+# Session templates (handlers/templates.py).
+default_handlers.extend(template_handlers)
 
 __all__ = ["default_handlers"]

@@ -1,4 +1,5 @@
-"""Routes of the session life cycle: create, list, inspect, destroy, status history."""
+"""Routes of the session life cycle: create, list, inspect, modify, rename, restart, destroy,
+re-check statuses, status history."""
 
 from __future__ import annotations
 
@@ -8,12 +9,22 @@ from jupyter_server.auth.decorator import authorized
 from tornado import web
 
 from ..actions.lifecycle import (
+    MAX_PRIORITY,
+    MAX_TRANSIT_IDS,
+    MIN_PRIORITY,
+    CheckAndTransitStatusAction,
     CreateFromParamsAction,
     CreateSessionParams,
     DestroySessionAction,
     GetSessionInfoAction,
     GetStatusHistoryAction,
     ListSessionsAction,
+    ModifySessionAction,
+    RenameSessionAction,
+    RestartSessionAction,
+    SessionChanges,
+    parse_rename,
+    parse_transit_ids,
 )
 from ..serialize import history_json, session_json
 from ..types import SessionStatus, parse_enum
@@ -42,6 +53,25 @@ OWNER_PARAM = {
 
 def _json(schema: Mapping[str, object], description: str) -> dict[str, object]:
     return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+NAME_SCHEMA = {"type": "string", "pattern": r"^\w[\w.-]*\w$", "minLength": 4, "maxLength": 64}
+SESSION_CHANGES = {
+    "type": "object",
+    "additionalProperties": False,
+    "minProperties": 1,
+    "properties": {
+        "name": NAME_SCHEMA,
+        "tag": {"type": ["string", "null"], "maxLength": 256},
+        "priority": {"type": "integer", "minimum": MIN_PRIORITY, "maximum": MAX_PRIORITY},
+        "idle_timeout": {
+            "type": ["integer", "null"],
+            "minimum": 1,
+            "description": "Seconds; capped by the resource policy's; null: the policy's",
+        },
+        "resources": {"$ref": "#/components/schemas/Resources"},
+    },
+}
 
 
 class SessionsHandler(SessionsAPIHandler):
@@ -161,6 +191,22 @@ class SessionHandler(SessionsAPIHandler):
                 "409": {"$ref": "#/components/responses/Error"},
             },
         },
+        "patch": {
+            "operationId": "modify_session",
+            "summary": "Change a session's name, tag, priority or idle timeout; its resources "
+            "only while it is PENDING (else 409 naming the status)",
+            "parameters": [REF_PARAM, OWNER_PARAM],
+            "requestBody": {
+                "required": True,
+                "content": {"application/json": {"schema": SESSION_CHANGES}},
+            },
+            "responses": {
+                "200": _json(SESSION, "The session as changed"),
+                **ERRORS,
+                "404": {"$ref": "#/components/responses/Error"},
+                "409": {"$ref": "#/components/responses/Error"},
+            },
+        },
     }
 
     @web.authenticated
@@ -172,6 +218,18 @@ class SessionHandler(SessionsAPIHandler):
             owner_access_key=self.get_query_argument("owner_access_key", None) or None,
         )
         session = await self.processors.get_session_info.wait_for_complete(action)
+        self.write_json(session_json(session))
+
+    @web.authenticated
+    @authorized
+    async def patch(self, ref: str) -> None:
+        action = ModifySessionAction(
+            caller=self.caller,
+            ref=ref,
+            owner_access_key=self.get_query_argument("owner_access_key", None) or None,
+            changes=SessionChanges.from_json(self.json_body()),
+        )
+        session = await self.processors.modify_session.wait_for_complete(action)
         self.write_json(session_json(session))
 
     @web.authenticated
@@ -225,4 +283,141 @@ class StatusHistoryHandler(SessionsAPIHandler):
         result = await self.processors.get_status_history.wait_for_complete(action)
         self.write_json(
             {"session_id": result.session.id, "history": [history_json(e) for e in result.history]}
+        )
+
+
+# --- rename, restart, transit-status (lifecycle-actions task) -------------------------------------
+
+
+class RenameHandler(SessionsAPIHandler):
+    openapi = {
+        "post": {
+            "operationId": "rename_session",
+            "summary": "Rename a session (unique per owner among non-final sessions); the "
+            "status history records it",
+            "parameters": [REF_PARAM, OWNER_PARAM],
+            "requestBody": {
+                "required": True,
+                "content": {
+                    "application/json": {
+                        "schema": {
+                            "type": "object",
+                            "required": ["name"],
+                            "additionalProperties": False,
+                            "properties": {"name": NAME_SCHEMA},
+                        }
+                    }
+                },
+            },
+            "responses": {
+                "200": _json(SESSION, "The renamed session"),
+                **ERRORS,
+                "404": {"$ref": "#/components/responses/Error"},
+                "409": {"$ref": "#/components/responses/Error"},
+            },
+        },
+    }
+
+    @web.authenticated
+    @authorized
+    async def post(self, ref: str) -> None:
+        action = RenameSessionAction(
+            caller=self.caller,
+            ref=ref,
+            owner_access_key=self.get_query_argument("owner_access_key", None) or None,
+            name=parse_rename(self.json_body()),
+        )
+        session = await self.processors.rename_session.wait_for_complete(action)
+        self.write_json(session_json(session))
+
+
+class RestartHandler(SessionsAPIHandler):
+    openapi = {
+        "post": {
+            "operationId": "restart_session",
+            "summary": "Restart: RUNNING, RUNNING_DEGRADED or ERROR → RESTARTING (202), a new "
+            "container and kernel with the same id and work volume; TERMINATED or CANCELLED → "
+            "a new session from the same parameters and name (201, restarted_from)",
+            "parameters": [REF_PARAM, OWNER_PARAM],
+            "responses": {
+                "201": _json(SESSION, "The new session (the old one was final)"),
+                "202": _json(SESSION, "Restarting"),
+                **ERRORS,
+                "404": {"$ref": "#/components/responses/Error"},
+                "409": {"$ref": "#/components/responses/Error"},
+                "429": {"$ref": "#/components/responses/Error"},
+                "503": {"$ref": "#/components/responses/Error"},
+            },
+        },
+    }
+
+    @web.authenticated
+    @authorized
+    async def post(self, ref: str) -> None:
+        action = RestartSessionAction(
+            caller=self.caller,
+            ref=ref,
+            owner_access_key=self.get_query_argument("owner_access_key", None) or None,
+        )
+        result = await self.processors.restart_session.wait_for_complete(action)
+        self.write_json(session_json(result.session), status=201 if result.created else 202)
+
+
+class TransitStatusHandler(SessionsAPIHandler):
+    """``sessions/transit-status``: listed before ``sessions/{ref}``, whose pattern matches it."""
+
+    openapi = {
+        "post": {
+            "operationId": "check_and_transit_status",
+            "summary": "Re-check sessions now as the sweeper does (deadlines, vanished "
+            "containers) and answer their statuses",
+            "parameters": [OWNER_PARAM],
+            "requestBody": {
+                "required": True,
+                "content": {
+                    "application/json": {
+                        "schema": {
+                            "type": "object",
+                            "required": ["session_ids"],
+                            "additionalProperties": False,
+                            "properties": {
+                                "session_ids": {
+                                    "type": "array",
+                                    "maxItems": MAX_TRANSIT_IDS,
+                                    "items": {"type": "string"},
+                                    "description": "Ids, or names of the caller's own sessions",
+                                }
+                            },
+                        }
+                    }
+                },
+            },
+            "responses": {
+                "200": _json(
+                    {
+                        "type": "object",
+                        "properties": {
+                            "sessions": {"type": "array", "items": SESSION},
+                            "total": {"type": "integer"},
+                        },
+                    },
+                    "The sessions after the check, in the order asked",
+                ),
+                **ERRORS,
+                "404": {"$ref": "#/components/responses/Error"},
+            },
+        },
+    }
+
+    @web.authenticated
+    @authorized
+    async def post(self) -> None:
+        action = CheckAndTransitStatusAction(
+            caller=self.caller,
+            refs=parse_transit_ids(self.json_body()),
+            owner_access_key=self.get_query_argument("owner_access_key", None) or None,
+        )
+        result = await self.processors.check_and_transit_status.wait_for_complete(action)
+        self.write_json(
+            {"sessions": [session_json(s) for s in result.sessions], "total": result.total}
         )

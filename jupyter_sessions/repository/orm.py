@@ -133,6 +133,8 @@ class SessionRow(Base):
     restarted_from: Mapped[str | None] = mapped_column(String(36))
     created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
     terminated_at: Mapped[datetime | None] = mapped_column()
+    #: The session's own idle timeout in seconds (capped by its policy's); NULL: the policy's.
+    idle_timeout: Mapped[int | None] = mapped_column(Integer)
 
     kernels: Mapped[list[KernelRow]] = relationship(
         back_populates="session", order_by="KernelRow.cluster_idx", lazy="selectin"

@@ -10,17 +10,25 @@ from __future__ import annotations
 
 import secrets
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from decimal import Decimal
 from typing import Any
 
 from sqlalchemy import func, or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from ..errors import Conflict, InvalidStatus, NotFound
-from ..types import TERMINAL_STATUSES, SessionStatus, check_transition, is_session_id
+from ..errors import Conflict, InvalidStatus, NotFound, QuotaExceeded
+from ..types import (
+    OCCUPYING_STATUSES,
+    TERMINAL_STATUSES,
+    ResourceSlot,
+    SessionStatus,
+    check_transition,
+    is_session_id,
+)
 from .db import Database
 from .orm import (
     ACTIVE_NAME_INDEX,
@@ -33,6 +41,7 @@ from .orm import (
     SessionDependencyRow,
     SessionRow,
     StatusHistoryRow,
+    TemplateRow,
     utcnow,
 )
 
@@ -108,6 +117,8 @@ class SessionData:
     terminated_at: datetime | None
     kernels: tuple[KernelData, ...]
     depends_on: tuple[str, ...] = ()
+    #: The session's own idle timeout (seconds), set by PATCH; None: its policy's applies.
+    idle_timeout: int | None = None
 
     @property
     def main_kernel(self) -> KernelData | None:
@@ -139,6 +150,7 @@ class SessionData:
             terminated_at=row.terminated_at,
             kernels=tuple(KernelData.of(k) for k in row.kernels),
             depends_on=tuple(depends_on),
+            idle_timeout=row.idle_timeout,
         )
 
 
@@ -214,6 +226,33 @@ class AuditEntry:
     duration_ms: int
 
 
+@dataclass(frozen=True)
+class TemplateData:
+    """A stored ``POST sessions`` body with its declared parameters (see templates.py)."""
+
+    id: str
+    name: str
+    owner_access_key: str
+    shared: bool
+    body: dict[str, Any]
+    parameters: dict[str, Any]
+    created_at: datetime
+    updated_at: datetime
+
+    @classmethod
+    def of(cls, row: TemplateRow) -> TemplateData:
+        return cls(
+            id=row.id,
+            name=row.name,
+            owner_access_key=row.owner_access_key,
+            shared=row.is_shared,
+            body=dict(row.body or {}),
+            parameters=dict(row.parameters or {}),
+            created_at=row.created_at,
+            updated_at=row.updated_at,
+        )
+
+
 def _depends_on(db: Session, session_id: str) -> list[str]:
     return list(
         db.scalars(
@@ -247,6 +286,37 @@ def _keypair(row: KeypairRow) -> KeypairData:
         created_at=row.created_at,
         revoked_at=row.revoked_at,
     )
+
+
+@dataclass(frozen=True)
+class AdmissionState:
+    """What the scheduler decides a PENDING session's start on, read under lock (scheduler task).
+
+    Usage counts every session in ``OCCUPYING_STATUSES``: the owner's (for the policy) and, per
+    candidate agent, those with a kernel placed there (for its free capacity).
+    """
+
+    session: SessionData
+    max_concurrent_sessions: int | None
+    total_resource_slots: ResourceSlot
+    owner_sessions: int
+    owner_usage: ResourceSlot
+    agent_usage: Mapping[str, ResourceSlot]
+
+
+@dataclass(frozen=True)
+class AdmissionDecision:
+    """Where a session starts (``agent_id``), or why it stays PENDING (``agent_id`` None)."""
+
+    agent_id: str | None
+    reason: str
+    #: The owner's later sessions wait too (first in, first out per owner).
+    holds_owner: bool = True
+
+
+def _slot(raw: Mapping[str, Any] | None, times: int = 1) -> ResourceSlot:
+    """Stored resources (JSON numbers) as a ResourceSlot, ``times`` over."""
+    return ResourceSlot({k: Decimal(str(v)) * times for k, v in (raw or {}).items()})
 
 
 class SessionRepository:
@@ -294,10 +364,17 @@ class SessionRepository:
 
     # --- sessions ------------------------------------------------------------------------
 
-    async def create_session(self, new: NewSession) -> SessionData:
-        """Store a PENDING session with its kernels; a taken name is a Conflict (409)."""
+    async def create_session(
+        self, new: NewSession, *, admit: Callable[[Session], None] | None = None
+    ) -> SessionData:
+        """Store a PENDING session with its kernels; a taken name is a Conflict (409).
+
+        ``admit`` runs first in the same transaction and may refuse (a quota, atomically).
+        """
 
         def work(db: Session) -> SessionData:
+            if admit is not None:
+                admit(db)
             now = utcnow()
             row = SessionRow(
                 id=new.id,
@@ -331,6 +408,9 @@ class SessionRepository:
                         created_at=now,
                     )
                 )
+            if new.depends_on:
+                # No relationship orders these inserts after the session's: flush it first.
+                db.flush()
             for dep in new.depends_on:
                 db.add(SessionDependencyRow(session_id=new.id, depends_on=dep))
             db.add(
@@ -627,5 +707,347 @@ class SessionRepository:
                 )
                 for r in rows
             ]
+
+        return await self.db.run(work)
+
+    # --- batch results (execution) ------------------------------------------------------------
+
+    async def set_result(
+        self,
+        session_id: str,
+        result: str,
+        exit_code: int | None,
+        status_data: dict[str, Any] | None = None,
+    ) -> None:
+        """Record how a batch session's command ended (merged into ``status_data``)."""
+
+        def work(db: Session) -> None:
+            row = db.get(SessionRow, session_id)
+            if row is None:
+                raise NotFound(f"no session {session_id!r}")
+            row.result = str(result)
+            row.exit_code = exit_code
+            if status_data:
+                row.status_data = {**(row.status_data or {}), **status_data}
+
+        await self.db.run(work)
+
+    # --- modify, rename and templates (lifecycle-actions task) ------------------------------
+
+    #: Columns ``modify_session`` may change; ``resources`` only while the session is PENDING.
+    MODIFIABLE = frozenset({"name", "tag", "priority", "idle_timeout", "resources"})
+
+    async def modify_session(self, session_id: str, changes: Mapping[str, Any]) -> SessionData:
+        """Change a session's name, tag, priority, idle timeout or (while PENDING) resources.
+
+        One transaction on the locked row: every check (final status, resources only while
+        PENDING, a name taken by another of the owner's active sessions) runs before anything
+        is written, so a refused change leaves no trace. A new name appends a history row whose
+        status is unchanged ("renamed from X to Y").
+        """
+        unknown = set(changes) - self.MODIFIABLE
+        if unknown:
+            raise ValueError(f"not modifiable: {sorted(unknown)}")
+
+        def work(db: Session) -> SessionData:
+            row = db.get(SessionRow, session_id, with_for_update=True)
+            if row is None:
+                raise NotFound(f"no session {session_id!r}")
+            current = SessionStatus(row.status)
+            if current in TERMINAL_STATUSES:
+                raise InvalidStatus(
+                    f"the session is {current}: a final session cannot be changed",
+                    status=str(current),
+                )
+            if "resources" in changes and current is not SessionStatus.PENDING:
+                raise InvalidStatus(
+                    f"resources can change only while the session is PENDING; it is {current}",
+                    status=str(current),
+                )
+            new_name = changes.get("name")
+            renamed = new_name is not None and new_name != row.name
+            if renamed:
+                taken = db.scalars(
+                    select(SessionRow.id).where(
+                        SessionRow.owner_access_key == row.owner_access_key,
+                        SessionRow.name == new_name,
+                        SessionRow.id != row.id,
+                        SessionRow.status.not_in([str(s) for s in TERMINAL_STATUSES]),
+                    )
+                ).first()
+                if taken is not None:
+                    raise Conflict(f"a session named {new_name!r} already exists", field="name")
+                db.add(
+                    StatusHistoryRow(
+                        session_id=session_id,
+                        from_status=current,
+                        to_status=current,
+                        reason=f"renamed from {row.name} to {new_name}",
+                        at=utcnow(),
+                    )
+                )
+                row.name = str(new_name)
+            for key in ("tag", "priority", "idle_timeout", "resources"):
+                if key in changes:
+                    setattr(row, key, changes[key])
+            db.flush()
+            return SessionData.of(row, _depends_on(db, row.id))
+
+        try:
+            return await self.db.run(work)
+        except IntegrityError as exc:
+            # A create that took the name after the check, in a concurrent transaction.
+            if _violates_active_name_index(exc):
+                raise Conflict(
+                    f"a session named {changes.get('name')!r} already exists", field="name"
+                ) from None
+            raise
+
+    async def create_template(
+        self,
+        *,
+        name: str,
+        owner_access_key: str,
+        shared: bool,
+        body: dict[str, Any],
+        parameters: dict[str, Any],
+    ) -> TemplateData:
+        def work(db: Session) -> TemplateData:
+            now = utcnow()
+            row = TemplateRow(
+                id=str(uuid.uuid4()),
+                name=name,
+                owner_access_key=owner_access_key,
+                is_shared=shared,
+                body=body,
+                parameters=parameters,
+                created_at=now,
+                updated_at=now,
+            )
+            db.add(row)
+            db.flush()
+            return TemplateData.of(row)
+
+        return await self.db.run(work)
+
+    async def get_template(self, template_id: str) -> TemplateData:
+        def work(db: Session) -> TemplateData:
+            row = db.get(TemplateRow, template_id)
+            if row is None:
+                raise NotFound(f"no template {template_id!r}")
+            return TemplateData.of(row)
+
+        return await self.db.run(work)
+
+    async def list_templates(self, visible_to: str | None) -> list[TemplateData]:
+        """Templates, oldest first: all (``visible_to=None``), or one key's own and the shared."""
+
+        def work(db: Session) -> list[TemplateData]:
+            query = select(TemplateRow)
+            if visible_to is not None:
+                query = query.where(
+                    or_(TemplateRow.owner_access_key == visible_to, TemplateRow.is_shared)
+                )
+            rows = db.scalars(query.order_by(TemplateRow.created_at, TemplateRow.id)).all()
+            return [TemplateData.of(r) for r in rows]
+
+        return await self.db.run(work)
+
+    async def update_template(self, template_id: str, changes: Mapping[str, Any]) -> TemplateData:
+        """Replace a template's name, shared flag, body or parameters (whole values)."""
+        columns = {
+            "name": "name",
+            "shared": "is_shared",
+            "body": "body",
+            "parameters": "parameters",
+        }
+
+        def work(db: Session) -> TemplateData:
+            row = db.get(TemplateRow, template_id, with_for_update=True)
+            if row is None:
+                raise NotFound(f"no template {template_id!r}")
+            for key, value in changes.items():
+                setattr(row, columns[key], value)
+            row.updated_at = utcnow()
+            db.flush()
+            return TemplateData.of(row)
+
+        return await self.db.run(work)
+
+    async def delete_template(self, template_id: str) -> None:
+        def work(db: Session) -> None:
+            row = db.get(TemplateRow, template_id)
+            if row is None:
+                raise NotFound(f"no template {template_id!r}")
+            db.delete(row)
+
+        await self.db.run(work)
+
+    # --- scheduling: policies, the pending queue, depends_on (scheduler task) -----------------
+
+    async def create_session_within_policy(self, new: NewSession) -> SessionData:
+        """Store a PENDING session unless its owner's ``max_pending_sessions`` is reached (429).
+
+        The owner's keypair row is locked while PENDING sessions are counted and the new one is
+        inserted, so racing creates of one owner can't both take the last place (PostgreSQL;
+        SQLite has a single writer anyway).
+        """
+
+        def admit(db: Session) -> None:
+            keypair = db.get(KeypairRow, new.owner_access_key, with_for_update=True)
+            policy = db.get(ResourcePolicyRow, keypair.resource_policy) if keypair else None
+            limit = policy.max_pending_sessions if policy is not None else None
+            if limit is None:
+                return
+            pending = db.scalar(
+                select(func.count())
+                .select_from(SessionRow)
+                .where(
+                    SessionRow.owner_access_key == new.owner_access_key,
+                    SessionRow.status == str(SessionStatus.PENDING),
+                )
+            )
+            if (pending or 0) >= limit:
+                raise QuotaExceeded(
+                    f"max_pending_sessions {limit} reached: {pending} sessions are PENDING",
+                    limit="max_pending_sessions",
+                    max_pending_sessions=limit,
+                )
+
+        return await self.create_session(new, admit=admit)
+
+    async def admit(
+        self,
+        session_id: str,
+        agent_ids: Sequence[str],
+        decide: Callable[[AdmissionState], AdmissionDecision],
+    ) -> tuple[SessionData | None, AdmissionDecision | None]:
+        """Decide a PENDING session's start and, if it fits, move it to SCHEDULED: one transaction.
+
+        Locks, always in this order so two managers can't deadlock: the session row, its owner's
+        keypair row (admissions of one owner queue there), then the candidate agents' rows in
+        id order (admissions onto one agent queue there). Usage read after the locks includes
+        every admission committed before, so neither two passes nor two managers overshoot a
+        limit. Answers (the SCHEDULED session, the decision); (None, decision) when it waits,
+        with ``status_info`` set to the reason; (None, None) when it is no longer PENDING.
+        """
+        occupying = [str(s) for s in OCCUPYING_STATUSES]
+
+        def work(db: Session) -> tuple[SessionData | None, AdmissionDecision | None]:
+            row = db.get(SessionRow, session_id, with_for_update=True)
+            if row is None or row.status != SessionStatus.PENDING:
+                return None, None
+            owner = row.owner_access_key
+            keypair = db.get(KeypairRow, owner, with_for_update=True)
+            policy = db.get(ResourcePolicyRow, keypair.resource_policy) if keypair else None
+            for agent_id in sorted(set(agent_ids)):
+                db.get(AgentRow, agent_id, with_for_update=True)
+            owner_rows = db.execute(
+                select(SessionRow.resources, SessionRow.cluster_size).where(
+                    SessionRow.owner_access_key == owner, SessionRow.status.in_(occupying)
+                )
+            ).all()
+            agent_usage: dict[str, ResourceSlot] = {}
+            for agent_id in agent_ids:
+                placed = db.scalars(
+                    select(SessionRow.resources)
+                    .join(KernelRow, KernelRow.session_id == SessionRow.id)
+                    .where(KernelRow.agent_id == agent_id, SessionRow.status.in_(occupying))
+                ).all()
+                agent_usage[agent_id] = ResourceSlot.sum(_slot(r) for r in placed)
+            state = AdmissionState(
+                session=SessionData.of(row, _depends_on(db, row.id)),
+                max_concurrent_sessions=policy.max_concurrent_sessions if policy else None,
+                total_resource_slots=_slot(policy.total_resource_slots if policy else None),
+                owner_sessions=len(owner_rows),
+                owner_usage=ResourceSlot.sum(_slot(r, n) for r, n in owner_rows),
+                agent_usage=agent_usage,
+            )
+            decision = decide(state)
+            if decision.agent_id is None:
+                if row.status_info != decision.reason:
+                    row.status_info = decision.reason
+                return None, decision
+            if decision.agent_id not in agent_usage:
+                raise ValueError(f"admission chose agent {decision.agent_id!r}, not a candidate")
+            check_transition(SessionStatus.PENDING, SessionStatus.SCHEDULED)
+            now = utcnow()
+            row.status = SessionStatus.SCHEDULED
+            row.status_info = decision.reason
+            row.status_changed_at = now
+            db.add(
+                StatusHistoryRow(
+                    session_id=session_id,
+                    from_status=SessionStatus.PENDING,
+                    to_status=SessionStatus.SCHEDULED,
+                    reason=decision.reason,
+                    at=now,
+                )
+            )
+            for kernel in row.kernels:
+                kernel.status = SessionStatus.SCHEDULED
+                kernel.status_info = decision.reason
+                kernel.agent_id = decision.agent_id
+            db.flush()
+            return SessionData.of(row, _depends_on(db, row.id)), decision
+
+        return await self.db.run(work)
+
+    async def set_pending_info(self, session_id: str, info: str) -> bool:
+        """Say what a PENDING session waits for (``status_info``), without a transition.
+
+        Answers whether it changed; a session that left PENDING meanwhile is left alone.
+        """
+
+        def work(db: Session) -> bool:
+            row = db.get(SessionRow, session_id, with_for_update=True)
+            if row is None or row.status != SessionStatus.PENDING or row.status_info == info:
+                return False
+            row.status_info = info
+            return True
+
+        return await self.db.run(work)
+
+    async def dependency_states(self, session_ids: Iterable[str]) -> dict[str, tuple[str, str]]:
+        """``(status, result)`` of each of these sessions that exists."""
+        ids = sorted(set(session_ids))
+
+        def work(db: Session) -> dict[str, tuple[str, str]]:
+            if not ids:
+                return {}
+            rows = db.execute(
+                select(SessionRow.id, SessionRow.status, SessionRow.result).where(
+                    SessionRow.id.in_(ids)
+                )
+            ).all()
+            return {r.id: (r.status, r.result) for r in rows}
+
+        return await self.db.run(work)
+
+    async def dependents_of(self, session_id: str) -> list[str]:
+        """Ids of the sessions that depend on this one, transitively, that have not ended.
+
+        Nearest first; each once (a session reached by two paths is listed at its nearest).
+        """
+        final = [str(s) for s in TERMINAL_STATUSES]
+
+        def work(db: Session) -> list[str]:
+            found: list[str] = []
+            seen = {session_id}
+            frontier = [session_id]
+            while frontier:
+                rows = db.scalars(
+                    select(SessionDependencyRow.session_id)
+                    .join(SessionRow, SessionRow.id == SessionDependencyRow.session_id)
+                    .where(
+                        SessionDependencyRow.depends_on.in_(frontier),
+                        SessionRow.status.not_in(final),
+                    )
+                    .order_by(SessionRow.created_at, SessionRow.id)
+                ).all()
+                frontier = [r for r in dict.fromkeys(rows) if r not in seen]
+                seen.update(frontier)
+                found.extend(frontier)
+            return found
 
         return await self.db.run(work)
