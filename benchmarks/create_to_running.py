@@ -12,19 +12,14 @@ from __future__ import annotations
 import argparse
 import io
 import json
-import os
 import secrets
-import socket
 import statistics
-import subprocess
 import sys
 import tarfile
-import tempfile
 import time
-from pathlib import Path
 
 import docker
-import requests
+from _server import jupyter_server
 from jupyter_client import BlockingKernelClient
 
 from jupyter_sessions.images import image_tag
@@ -36,12 +31,6 @@ PORTS = {
     "control_port": 5003,
     "hb_port": 5004,
 }
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def plain_docker_run(client: docker.DockerClient, image: str) -> float:
@@ -105,40 +94,8 @@ def main() -> int:
     client = docker.from_env()
     client.images.get(image)  # fails clearly when the image was not built
 
-    token = secrets.token_hex(16)
-    port = free_port()
-    workdir = Path(tempfile.mkdtemp(prefix="jsess-bench-"))
-    command = [
-        sys.executable,
-        "-m",
-        "jupyter_server",
-        f"--port={port}",
-        "--ip=127.0.0.1",
-        "--no-browser",
-        f"--IdentityProvider.token={token}",
-        "--allow-root",
-        f"--ServerApp.root_dir={workdir}",
-        f"--SessionsApp.db_url=sqlite:///{workdir}/sessions.db",
-        "--SessionsApp.scheduler_interval=0.5",
-    ]
-    log = open(workdir / "server.log", "w")  # noqa: SIM115
-    server = subprocess.Popen(
-        command,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        env={**os.environ, "JUPYTER_DATA_DIR": str(workdir / "data")},
-    )
-    base = f"http://127.0.0.1:{port}/jupyter-sessions/api"
-    http = requests.Session()
-    http.headers["Authorization"] = f"token {token}"
-    try:
-        for _ in range(100):
-            try:
-                if http.get(f"{base}/agents", timeout=5).status_code == 200:
-                    break
-            except requests.ConnectionError:
-                pass
-            time.sleep(0.2)
+    with jupyter_server() as server:
+        http, base = server.http, server.api
         plain_docker_run(client, image)  # warm the engine's caches for both sides alike
         ours: list[float] = []
         plain: list[float] = []
@@ -170,10 +127,6 @@ def main() -> int:
         )
         print(f"ratio (ours / plain, p50): {p50_ours / p50_plain:.2f}")
         return 0
-    finally:
-        server.terminate()
-        server.wait(30)
-        log.close()
 
 
 if __name__ == "__main__":

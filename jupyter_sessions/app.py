@@ -9,18 +9,19 @@ from __future__ import annotations
 
 import asyncio
 import getpass
+import json
 import os
 from pathlib import Path
 from typing import Any
 
 from jupyter_core.paths import jupyter_data_dir
 from jupyter_server.extension.application import ExtensionApp
-from traitlets import Dict, Float, Int, List, Unicode, Union, default, validate
+from traitlets import Dict, Float, Int, List, TraitError, Unicode, Union, default, validate
 
 from .agents.base import Agent, AgentRegistry
 from .agents.docker import DockerAgent
 from .agents.local import LOCAL_IMAGE, LocalAgent
-from .errors import InvalidRequest
+from .errors import AgentUnavailable, InvalidRequest
 from .events import EventHub
 from .handlers import default_handlers
 from .identity import IdentityResolver
@@ -164,6 +165,26 @@ class SessionsApp(ExtensionApp):
     def _default_owner_name(self) -> str:
         return os.environ.get("JUPYTERHUB_USER") or getpass.getuser()
 
+    @validate("agents")
+    def _validate_agents(self, proposal: dict[str, Any]) -> Any:
+        """Accept "auto", a list of agent objects, or that list as JSON (the command line)."""
+        value = proposal["value"]
+        if isinstance(value, str) and value != "auto":
+            try:
+                value = json.loads(value)
+            except ValueError:
+                raise TraitError('agents must be "auto" or a JSON list of agent objects') from None
+        if value == "auto":
+            return value
+        if not isinstance(value, list) or not all(isinstance(a, dict) for a in value):
+            raise TraitError('agents must be "auto" or a list of agent objects')
+        for spec in value:
+            if spec.get("kind", "docker") not in ("docker", "local"):
+                raise TraitError(f"agents: unknown agent kind {spec.get('kind')!r}")
+            if spec.get("kind", "docker") == "docker" and not spec.get("id"):
+                raise TraitError("agents: every Docker agent needs an id")
+        return value
+
     @validate("deadlines")
     def _validate_deadlines(self, proposal: dict[str, Any]) -> dict[str, Any]:
         value = proposal["value"]
@@ -247,9 +268,14 @@ class SessionsApp(ExtensionApp):
             self._started = asyncio.get_running_loop().create_future()
             try:
                 await self._start()
-            except BaseException as exc:
-                self._started.set_exception(exc)
-                raise
+            except Exception as exc:
+                # Every later request answers 503 with the cause (logged once, with traceback).
+                self.log.exception("jupyter_sessions failed to start")
+                failure = AgentUnavailable(
+                    f"the sessions extension failed to start: {type(exc).__name__}: {exc}"
+                )
+                self._started.set_exception(failure)
+                raise failure from None
             self._started.set_result(None)
         await asyncio.shield(self._started)
 

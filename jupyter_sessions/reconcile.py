@@ -7,10 +7,15 @@ container and work volume labelled with this installation:
 
 - RUNNING / RUNNING_DEGRADED whose container runs: re-attached. The published host ports are
   re-read from the engine (they change when the engine restarts a container), stored, and the
-  kernel must answer kernel_info; otherwise ERROR with the reason. A lost sub kernel only degrades.
+  kernel must answer kernel_info: on its shell channel, or, when a long run the old server left
+  behind keeps the shell busy, on its control channel. Otherwise ERROR with the reason. A lost sub
+  kernel only degrades the session.
 - A start in flight (SCHEDULED … CREATING, RESTARTING): a container whose kernel answers with the
-  stored key is adopted (RUNNING); otherwise whatever exists is removed and the session is ERROR
-  ("the server stopped while the session was starting"). The work volume stays (ERROR keeps it).
+  stored key is adopted (RUNNING; a batch session's command starts then, as it would have);
+  otherwise whatever exists is removed and the session is ERROR ("the server stopped while the
+  session was starting"). The work volume stays (ERROR keeps it). A session with a
+  bootstrap_script is never adopted: the script may have run only in part.
+- A RUNNING batch session: ERROR, since nobody holds its command's output and exit code any more.
 - TERMINATING: the teardown is finished (TERMINATED).
 - A container that vanished: ERROR ("container vanished while the server was down").
 - Containers and volumes of this installation that no non-final session claims: removed. Another
@@ -26,13 +31,22 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import queue
 from dataclasses import dataclass, field
+from typing import Any
 
 from .agents.base import Agent, KernelListing
-from .errors import AgentError, AgentUnavailable, InvalidStatus, NotFound, SessionsError
+from .errors import (
+    AgentError,
+    AgentUnavailable,
+    InvalidStatus,
+    NotFound,
+    SessionsError,
+    Timeout,
+)
 from .repository.repository import KernelData, SessionData
 from .service import SessionService
-from .types import ALIVE_STATUSES, TERMINAL_STATUSES, SessionStatus
+from .types import ALIVE_STATUSES, TERMINAL_STATUSES, SessionStatus, SessionType
 
 S = SessionStatus
 
@@ -48,8 +62,12 @@ RECONCILED_STATUSES = frozenset(set(SessionStatus) - TERMINAL_STATUSES - {S.PEND
 REASON_STARTING = "the server stopped while the session was starting"
 REASON_VANISHED = "container vanished while the server was down"
 REASON_LOCAL = "the server stopped (local kernels die with it)"
+REASON_BATCH = "the server stopped while the batch command ran (its output and exit code are lost)"
 #: Seconds a surviving kernel has to answer kernel_info (a live one answers at once).
 ATTACH_TIMEOUT = 30.0
+#: Seconds a running session's kernel has to answer on its shell channel before its control
+#: channel is asked instead (the shell of a kernel busy with a long run answers only after it).
+SHELL_TIMEOUT = 10.0
 
 
 @dataclass
@@ -75,6 +93,7 @@ class Reconciler:
         service: SessionService,
         *,
         attach_timeout: float = ATTACH_TIMEOUT,
+        shell_timeout: float = SHELL_TIMEOUT,
         log: logging.Logger | None = None,
     ) -> None:
         self.service = service
@@ -82,6 +101,7 @@ class Reconciler:
         self.agents = service.agents
         self.connections = service.connections
         self.attach_timeout = attach_timeout
+        self.shell_timeout = shell_timeout
         self.log = log or logging.getLogger(__name__)
 
     async def run(self) -> ReconcileReport:
@@ -112,7 +132,7 @@ class Reconciler:
         await self._remove_orphans(listings, storage, report)
         self.log.info(
             "reconciliation: %d re-attached, %d adopted, %d degraded, %d ERROR, %d terminated, "
-            "%d orphan containers and %d orphan volumes removed",
+            "%d containers and %d orphan volumes removed",
             len(report.reattached),
             len(report.adopted),
             len(report.degraded),
@@ -157,7 +177,9 @@ class Reconciler:
             for listing in listings.get(agent.id, [])
             if listing.session_id == session.id
         }
-        if session.status in ALIVE_STATUSES:
+        if session.status in ALIVE_STATUSES and session.type == SessionType.BATCH:
+            await self._fail(session, REASON_BATCH, report)
+        elif session.status in ALIVE_STATUSES:
             await self._reattach(session, found, report)
         elif session.status in STARTING_STATUSES:
             await self._adopt_or_fail(session, agent, found, report)
@@ -166,7 +188,9 @@ class Reconciler:
         self, session: SessionData, found: dict[str | None, KernelListing], report: ReconcileReport
     ) -> None:
         """A running session: every kernel must still run and answer."""
-        problems = {k.name: await self._attach(k, found.get(k.name)) for k in _live(session)}
+        problems = {
+            k.name: await self._attach(k, found.get(k.name), busy_ok=True) for k in _live(session)
+        }
         main = session.main_kernel
         assert main is not None
         if problems.get(main.name):
@@ -192,9 +216,12 @@ class Reconciler:
         report: ReconcileReport,
     ) -> None:
         """A start in flight: adopt a kernel that answers, or remove what exists and fail."""
-        if session.status in ADOPTABLE_STATUSES:
+        reason = REASON_STARTING
+        if session.params.get("bootstrap_script"):
+            reason += " (its bootstrap_script may have run only in part)"
+        elif session.status in ADOPTABLE_STATUSES:
             kernels = _live(session)
-            problems = [await self._attach(k, found.get(k.name)) for k in kernels]
+            problems = [await self._attach(k, found.get(k.name), busy_ok=False) for k in kernels]
             if kernels and not any(problems):
                 with contextlib.suppress(InvalidStatus):
                     await self.service._transit(
@@ -204,6 +231,8 @@ class Reconciler:
                         expected={session.status},
                     )
                     report.adopted.append(session.id)
+                    if session.type == SessionType.BATCH:  # its command starts once RUNNING
+                        self.service._background(self.service._run_batch_session(session.id))
                     return
         for kernel in session.kernels:
             self.connections.close(kernel.id)
@@ -212,10 +241,16 @@ class Reconciler:
                 with contextlib.suppress(SessionsError):
                     await agent.destroy_kernel(listing.container_id, forced=True)
                     report.removed_containers.append(listing.container_id)
-        await self._fail(session, REASON_STARTING, report)
+        await self._fail(session, reason, report)
 
-    async def _attach(self, kernel: KernelData, listing: KernelListing | None) -> str | None:
-        """Reconnect to a surviving kernel with its current ports; the problem, or None."""
+    async def _attach(
+        self, kernel: KernelData, listing: KernelListing | None, *, busy_ok: bool
+    ) -> str | None:
+        """Reconnect to a surviving kernel with its current ports; the problem, or None.
+
+        ``busy_ok``: a running session's kernel may be busy with a run the old server started;
+        a kernel being adopted must be ready (kernel_info and IOPub, as a start requires).
+        """
         if listing is None:
             return REASON_VANISHED
         if not listing.running:
@@ -225,7 +260,10 @@ class Reconciler:
         connection = {**kernel.connection, **listing.connection}
         self.connections.close(kernel.id)
         try:
-            await self.connections.wait_ready(kernel.id, connection, self.attach_timeout)
+            if busy_ok:
+                await self._alive(kernel.id, connection)
+            else:
+                await self.connections.wait_ready(kernel.id, connection, self.attach_timeout)
         except SessionsError as exc:
             return f"the kernel did not answer after the server restarted: {exc.message}"
         except Exception as exc:
@@ -235,6 +273,30 @@ class Reconciler:
             kernel.id, container_id=listing.container_id, connection=connection
         )
         return None
+
+    async def _alive(self, kernel_id: str, connection: dict[str, Any]) -> None:
+        """Return once the kernel answers kernel_info, idle (shell) or busy (control)."""
+        try:
+            shell = min(self.shell_timeout, self.attach_timeout)
+            await self.connections.wait_ready(kernel_id, connection, shell)
+            return
+        except Timeout:
+            pass
+        # ipykernel answers on its control channel from a thread of its own, even mid-run.
+        client = self.connections.client(kernel_id, connection)
+        request = client.session.msg("kernel_info_request", {})
+        client.control_channel.send(request)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.attach_timeout
+        while (remaining := deadline - loop.time()) > 0:
+            try:
+                reply = await client.get_control_msg(timeout=remaining)
+            except queue.Empty:
+                break
+            if reply["parent_header"].get("msg_id") == request["header"]["msg_id"]:
+                return
+        self.connections.close(kernel_id)
+        raise Timeout(f"no answer within {shell + self.attach_timeout:g} s")
 
     async def _ended_with_server(
         self, session: SessionData, agent: Agent, report: ReconcileReport

@@ -47,6 +47,7 @@ def session_json(session: SessionData) -> dict[str, Any]:
         "kernels": [kernel_json(k) for k in session.kernels],
         "tag": session.tag,
         "priority": session.priority,
+        "idle_timeout": session.idle_timeout,
         "restarted_from": session.restarted_from,
         "depends_on": list(session.depends_on),
     }

@@ -460,7 +460,7 @@ class SessionService:
         kernel = session.main_kernel
         if kernel is None or not kernel.connection:
             raise InvalidStatus("the session has no kernel to run code in")
-        self.last_activity[session.id] = utcnow()
+        self.touch_activity(session.id)
         return session, self.connections.channel(kernel.id, kernel.connection)
 
     async def _submit(self, channel: KernelChannel, request: ExecuteRequest) -> Run:
@@ -647,7 +647,11 @@ class SessionService:
             if current.status is S.TERMINATING or (created and current.status in TERMINAL_STATUSES):
                 await self._teardown(session.id, forced=True)
         except SessionsError as exc:
-            await self._fail(session.id, exc.message)
+            if (await self.repository.get(session.id)).status is S.TERMINATING:
+                # Destroyed mid-create: the engine's refusal is that destroy's doing; finish it.
+                await self._teardown(session.id, forced=True)
+            else:
+                await self._fail(session.id, exc.message)
         except Exception as exc:
             self.log.exception("starting session %s failed", session.id)
             await self._fail(session.id, f"internal error while starting: {type(exc).__name__}")
@@ -765,6 +769,48 @@ class SessionService:
             return
         if session.status in (S.RUNNING, S.RUNNING_DEGRADED):
             await self._check_alive(session)
+            await self._check_time_limits(session, now)
+
+    def touch_activity(self, session_id: str) -> None:
+        """Note activity (execution; services and files later) that keeps a session from idling."""
+        self.last_activity[session_id] = utcnow()
+
+    async def _check_time_limits(self, session: SessionData, now: datetime) -> None:
+        """End a session idle past its idle timeout, or older than its policy's max lifetime.
+
+        The session's own ``idle_timeout`` applies, capped by its policy's; a run in progress
+        counts as activity. Batch sessions never idle (their command is their activity).
+        """
+        try:
+            policy = await self.accounts.policy_of(session.owner_access_key)
+        except NotFound:
+            return
+        lifetime = policy.max_session_lifetime
+        if lifetime and now - session.created_at > timedelta(seconds=lifetime):
+            await self._end(session, f"lifetime-exceeded: older than {lifetime} s")
+            return
+        limits = [t for t in (session.idle_timeout, policy.idle_timeout) if t]
+        if not limits or session.type == SessionType.BATCH:
+            return
+        idle_limit = min(limits)
+        kernel = session.main_kernel
+        channel = self.connections.existing_channel(kernel.id) if kernel is not None else None
+        if (channel is not None and channel.busy()) or self._batch_runs(session.id):
+            self.touch_activity(session.id)
+            return
+        last = max(
+            self.last_activity.get(session.id, session.status_changed_at), session.status_changed_at
+        )
+        if now - last > timedelta(seconds=idle_limit):
+            await self._end(session, f"idle-timeout: no activity for {idle_limit} s")
+
+    async def _end(self, session: SessionData, reason: str) -> None:
+        """Terminate a session on the server's own initiative (timeouts), with the reason."""
+        try:
+            await self._transit(session.id, S.TERMINATING, reason, expected={session.status})
+        except InvalidStatus:
+            return
+        self._background(self._teardown(session.id, forced=True))
 
     async def _check_alive(self, session: SessionData) -> None:
         kernel = session.main_kernel

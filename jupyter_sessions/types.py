@@ -193,6 +193,8 @@ class ResourceSlot:
 
 # --- names and ids --------------------------------------------------------------------------
 
+#: Names that routes under ``sessions/`` use, so a session can't be named like them.
+RESERVED_NAMES = frozenset({"transit-status", "from-template", "cluster"})
 NAME_PATTERN = re.compile(r"^\w[\w.-]*\w$", re.ASCII)
 _ID_LIKE = re.compile(
     r"^[0-9a-f]{8}-?[0-9a-f]{4}-?[0-9a-f]{4}-?[0-9a-f]{4}-?[0-9a-f]{12}$", re.IGNORECASE
@@ -215,6 +217,8 @@ def validate_session_name(name: Any) -> str:
         )
     if is_session_id(name):
         raise InvalidRequest("name must not look like a session id", field="name")
+    if name in RESERVED_NAMES:
+        raise InvalidRequest(f"{name!r} is reserved (a route has that name)", field="name")
     return name
 
 

@@ -23,3 +23,15 @@ def test_configuration_doc_is_current() -> None:
 def test_cli_prints_the_image_tag(capsys) -> None:
     assert main(["image-tag"]) == 0
     assert capsys.readouterr().out.startswith("jupyter-sessions/kernel:")
+
+
+def test_agents_from_the_command_line_are_parsed_and_checked() -> None:
+    import pytest
+    from traitlets import TraitError
+
+    app = SessionsApp()
+    app.agents = '[{"id": "local", "kind": "local"}]'
+    assert app.agents == [{"id": "local", "kind": "local"}]
+    for bad in ("bogus", '[{"kind": "kubernetes"}]', '[{"kind": "docker"}]', "[1]"):
+        with pytest.raises(TraitError):
+            app.agents = bad

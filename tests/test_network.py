@@ -22,6 +22,7 @@ from jupyter_sessions.agents.docker import DockerAgent, bridge_interface
 from .conftest import Api
 
 pytestmark = [pytest.mark.docker, pytest.mark.usefixtures("docker_cleanup")]
+SMALL = {"cpu": 0.25, "mem": "256m"}
 
 #: Runs inside a container: try each (host, port), print what happened as JSON.
 PROBE = """
@@ -79,11 +80,15 @@ def listeners() -> Iterator[list[Listener]]:
         listener.close()
 
 
-def host_ipv4_addresses() -> list[str]:
-    """The host's own IPv4 addresses but loopback (a container's loopback is its own)."""
+def host_ipv4_addresses(own_bridge: str) -> list[str]:
+    """The host's own IPv4 addresses but loopback (a container's loopback is its own), on its
+    lasting interfaces and our bridge: other tests' bridges come and go while this one runs."""
     out = subprocess.run(["ip", "-j", "addr", "show"], capture_output=True, check=True, text=True)
     found = []
     for link in json.loads(out.stdout):
+        name = link.get("ifname", "")
+        if name.startswith(("br-", "jsess-", "veth")) and name != own_bridge:
+            continue
         for addr in link.get("addr_info", []):
             if addr["family"] == "inet" and not addr["local"].startswith("127."):
                 found.append(addr["local"])
@@ -129,8 +134,12 @@ async def test_a_session_cannot_reach_the_host_or_another_session(
     kernel_image: str,
     listeners: list[Listener],
 ) -> None:
-    first = await api("POST", "sessions", body={"name": "prober", "max_wait_seconds": 120})
-    second = await api("POST", "sessions", body={"name": "target", "max_wait_seconds": 120})
+    first = await api(
+        "POST", "sessions", body={"resources": SMALL, "name": "prober", "max_wait_seconds": 120}
+    )
+    second = await api(
+        "POST", "sessions", body={"resources": SMALL, "name": "target", "max_wait_seconds": 120}
+    )
     assert first.code == 201 and first.body["status"] == "RUNNING", first.body
     assert second.code == 201 and second.body["status"] == "RUNNING", second.body
 
@@ -148,8 +157,9 @@ async def test_a_session_cannot_reach_the_host_or_another_session(
     everywhere = Listener("::")
     on_gateway = Listener(gateway)
     listeners += [everywhere, on_gateway]
-    host_targets = [(address, everywhere.port) for address in host_ipv4_addresses()]
+    host_targets = [(address, everywhere.port) for address in host_ipv4_addresses(bridge)]
     assert (gateway, everywhere.port) in host_targets
+    assert len(host_targets) >= 2, host_targets  # the gateway and the host's own interfaces
     targets = [*host_targets, (gateway, on_gateway.port), (target_ip, 5000)]
 
     # The host itself reaches its listeners (the probe's refusals are not the listeners' fault).

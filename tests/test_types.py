@@ -100,6 +100,8 @@ def test_good_names(name: str) -> None:
         "has space",
         "../etc",
         "0e1b7a6c-8f0e-4a57-9f5c-3c2f1d1a2b3c",
+        "transit-status",
+        "from-template",
     ],
 )
 def test_bad_names(name: str) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import codecs
+import contextlib
 import io
 import json
 import logging
@@ -278,7 +279,9 @@ class DockerAgent(Agent):
                 container.start()
                 container.reload()
             except BaseException:
-                container.remove(force=True)
+                # A forced destroy may be removing it already: keep the original error.
+                with contextlib.suppress(docker.errors.APIError):
+                    container.remove(force=True)
                 raise
             return container
 
@@ -455,10 +458,9 @@ class DockerAgent(Agent):
         A missing network is not created here: it comes with the first kernel, so a server that
         never starts a session leaves nothing on the engine.
         """
-        client = self._docker()
 
         def existing() -> str | None:
-            network = self._find_network(client)
+            network = self._find_network(self._docker())
             return None if network is None else bridge_of(network.attrs, network.id or "")
 
         try:
@@ -472,12 +474,11 @@ class DockerAgent(Agent):
                 self._network = self.network_name
 
     async def list_kernels(self) -> list[KernelListing]:
-        client = self._docker()
         selector = {"label": f"{LABEL_INSTALLATION}={self.installation_id}"}
 
         def listing() -> list[KernelListing]:
             found = []
-            for container in client.containers.list(
+            for container in self._docker().containers.list(
                 all=True, filters=selector, ignore_removed=True
             ):
                 labels = container.labels or {}
@@ -513,23 +514,21 @@ class DockerAgent(Agent):
         return await self._call(listing, "list kernel containers")
 
     async def list_session_storage(self) -> list[str]:
-        client = self._docker()
         selector = {"label": f"{LABEL_INSTALLATION}={self.installation_id}"}
 
         def listing() -> list[str]:
             return [
                 (volume.attrs.get("Labels") or {}).get(LABEL_SESSION) or ""
-                for volume in client.volumes.list(filters=selector)
+                for volume in self._docker().volumes.list(filters=selector)
             ]
 
         return [sid for sid in await self._call(listing, "list work volumes") if sid]
 
     async def remove_network(self) -> None:
         """Remove the sessions' network and its host-port rules (once no container uses it)."""
-        client = self._docker()
 
         def remove() -> str | None:
-            network = self._find_network(client)
+            network = self._find_network(self._docker())
             if network is None:
                 return None
             bridge = bridge_of(network.attrs, network.id or "")
@@ -571,9 +570,8 @@ class DockerAgent(Agent):
         NET_ADMIN chroots into the host's root file system, mounted read-only: the kernel image
         has no iptables, and the engine's host always has the one Docker itself uses.
         """
-        client = self._docker()
         try:
-            output = client.containers.run(
+            output = self._docker().containers.run(
                 self.helper_image,
                 ["/usr/sbin/chroot", "/host", *argv],
                 remove=True,

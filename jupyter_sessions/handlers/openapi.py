@@ -77,6 +77,7 @@ SCHEMAS: dict[str, Any] = {
             "kernels": {"type": "array", "items": {"$ref": "#/components/schemas/Kernel"}},
             "tag": {"type": ["string", "null"]},
             "priority": {"type": "integer"},
+            "idle_timeout": {"type": ["integer", "null"]},
             "restarted_from": {"type": ["string", "null"]},
             "depends_on": {"type": "array", "items": {"type": "string"}},
         },
@@ -103,7 +104,26 @@ SCHEMAS: dict[str, Any] = {
             },
             "image": {"type": "string"},
             "resources": {"$ref": "#/components/schemas/Resources"},
-            "type": {"type": "string", "enum": ["interactive"]},
+            "type": {"type": "string", "enum": ["interactive", "batch"]},
+            "startup_command": {
+                "type": "string",
+                "maxLength": 65536,
+                "description": "batch sessions: the shell command they run",
+            },
+            "batch_timeout": {"type": "number", "exclusiveMinimum": 0},
+            "bootstrap_script": {
+                "type": "string",
+                "maxLength": 65536,
+                "description": "shell script run in the work directory before "
+                "RUNNING; its failure means ERROR with its output",
+            },
+            "depends_on": {
+                "type": "array",
+                "items": {"type": "string"},
+                "maxItems": 64,
+                "description": "ids or names of the caller's sessions that must "
+                "end TERMINATED with SUCCESS first",
+            },
             "cluster_mode": {"type": "string", "enum": ["single-node"]},
             "cluster_size": {"type": "integer", "minimum": 1, "maximum": 1},
             "environ": {"type": "object", "additionalProperties": {"type": "string"}},
@@ -113,9 +133,8 @@ SCHEMAS: dict[str, Any] = {
             "max_wait_seconds": {"type": "number", "minimum": 0, "maximum": 600},
             "reuse_if_exists": {"type": "boolean"},
         },
-        "description": "bootstrap_script, startup_command, depends_on, batch_timeout, "
-        "preopen_ports, mounts and owner_access_key are part of the contract but answer 400 "
-        "until their features land.",
+        "description": "preopen_ports, mounts and owner_access_key are part of the contract but "
+        "answer 400 until their features land.",
     },
     "ExecuteRequest": {
         "type": "object",

@@ -45,6 +45,10 @@ class KernelConnections:
             self._channels[kernel_id] = channel
         return channel
 
+    def existing_channel(self, kernel_id: str) -> KernelChannel | None:
+        """The kernel's channel if one was opened (it never opens one)."""
+        return self._channels.get(kernel_id)
+
     async def wait_ready(self, kernel_id: str, connection: dict[str, Any], timeout: float) -> None:
         """Return once the kernel answers kernel_info; Timeout (504) if it does not in time."""
         client = self.client(kernel_id, connection)
