@@ -53,6 +53,12 @@ async def test_a_failing_batch_ends_terminated_with_failure_and_its_exit_code(
     stored = await sessions_app.repository.get(created.body["id"])
     output = stored.status_data["batch"]["output"]
     assert "working" in output and "trouble" in output
+    logs = await api("GET", "sessions", created.body["id"], "logs")
+    assert logs.code == 200 and "working" in logs.body and "trouble" in logs.body
+    assert (await api("GET", "sessions", created.body["id"], "logs", tail="1")).body.strip() in (
+        "working",
+        "trouble",
+    )
     selector = {"label": f"{LABEL_SESSION}={created.body['id']}"}
     assert docker_client.containers.list(all=True, filters=selector) == []
     history = await api("GET", "sessions", created.body["id"], "status-history")

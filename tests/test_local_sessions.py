@@ -59,3 +59,44 @@ async def test_auto_without_docker_serves_sessions_on_the_local_agent(
 async def test_docker_images_are_refused_on_the_local_agent(api: Api) -> None:
     answer = await api("POST", "sessions", body={"image": "jupyter-sessions/kernel:abc"})
     assert answer.code == 400 and "local" in answer.body["message"]
+
+
+async def test_batch_mode_and_logs_on_the_local_agent(api: Api) -> None:
+    created = await api("POST", "sessions", body={"name": "local-batch", "max_wait_seconds": 60})
+    assert created.body["status"] == "RUNNING", created.body
+    answers = [
+        (
+            await api(
+                "POST",
+                "sessions",
+                "local-batch",
+                "execute",
+                body={
+                    "mode": "batch",
+                    "options": {"build": "echo made > f.txt", "exec": "cat f.txt; exit 4"},
+                },
+            )
+        ).body
+    ]
+    while answers[-1]["status"] not in ("finished", "exec-timeout"):
+        answers.append(
+            (
+                await api(
+                    "POST",
+                    "sessions",
+                    "local-batch",
+                    "execute",
+                    body={"mode": "continue", "run_id": answers[0]["run_id"]},
+                )
+            ).body
+        )
+    assert [a["status"] for a in answers if a["status"] != "continued"] == [
+        "build-finished",
+        "finished",
+    ]
+    assert answers[-1]["exit_code"] == 4
+    assert "made" in "".join(d for a in answers for k, d in a["console"] if k == "stdout")
+    logs = await api("GET", "sessions", "local-batch", "logs")
+    assert logs.code == 200 and "kernel main1 starting" in logs.body
+    missing = await api("GET", "sessions", "local-batch", "logs", kernel="sub9")
+    assert missing.code == 404

@@ -135,3 +135,12 @@ class CompleteResult:
     cursor_start: int
     cursor_end: int
     metadata: dict[str, Any]
+
+
+@dataclass(frozen=True, kw_only=True)
+class GetContainerLogsAction(SessionRefAction):
+    """A kernel's own output; for an ended batch session, the output its command left."""
+
+    operation: ClassVar[str] = "get_container_logs"
+    kernel: str = "main1"
+    tail: int | None = None

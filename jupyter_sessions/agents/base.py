@@ -161,6 +161,10 @@ class Agent(abc.ABC):
         """Images present on this agent."""
 
     @abc.abstractmethod
+    async def logs(self, container_ref: str, *, tail: int | None = None) -> str:
+        """The kernel container's own output (its last ``tail`` lines); "" when it is gone."""
+
+    @abc.abstractmethod
     async def exec(
         self, container_ref: str, argv: list[str], *, environ: Mapping[str, str] | None = None
     ) -> ExecProcess:

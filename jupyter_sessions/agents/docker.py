@@ -382,6 +382,19 @@ class DockerAgent(Agent):
 
         return await self._call(images, "list images")
 
+    async def logs(self, container_ref: str, *, tail: int | None = None) -> str:
+        client = self._docker()
+
+        def read() -> str:
+            try:
+                container = client.containers.get(container_ref)
+            except docker.errors.NotFound:
+                return ""
+            raw: bytes = container.logs(stdout=True, stderr=True, tail=tail or "all")
+            return raw.decode("utf-8", "replace")
+
+        return await self._call(read, "read container logs")
+
     async def exec(
         self, container_ref: str, argv: list[str], *, environ: Mapping[str, str] | None = None
     ) -> ExecProcess:

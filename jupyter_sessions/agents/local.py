@@ -445,6 +445,21 @@ class LocalAgent(Agent):
             env[name] = str(value)
         return env
 
+    async def logs(self, container_ref: str, *, tail: int | None = None) -> str:
+        kernel = self._find(container_ref)
+        if kernel is None:
+            return ""
+        path = self.log_path(kernel.session_id, kernel.kernel_name)
+
+        def read() -> str:
+            try:
+                text = path.read_text("utf-8", "replace")
+            except FileNotFoundError:
+                return ""
+            return "".join(text.splitlines(keepends=True)[-tail:]) if tail else text
+
+        return await asyncio.to_thread(read)
+
     async def exec(
         self, container_ref: str, argv: list[str], *, environ: Mapping[str, str] | None = None
     ) -> ExecProcess:

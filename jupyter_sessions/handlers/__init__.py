@@ -4,7 +4,13 @@ from __future__ import annotations
 
 from .accounts import account_handlers
 from .base import API_PREFIX, REF
-from .execute import CompleteHandler, ExecuteHandler, ExecuteStreamHandler, InterruptHandler
+from .execute import (
+    CompleteHandler,
+    ExecuteHandler,
+    ExecuteStreamHandler,
+    InterruptHandler,
+    LogsHandler,
+)
 from .info import AgentsHandler, ImagesHandler
 from .openapi import OpenAPIHandler
 from .sessions import (
@@ -30,6 +36,7 @@ default_handlers: list[tuple[str, type]] = [
     (rf"{API_PREFIX}/sessions/{REF}/execute/stream", ExecuteStreamHandler),
     (rf"{API_PREFIX}/sessions/{REF}/interrupt", InterruptHandler),
     (rf"{API_PREFIX}/sessions/{REF}/complete", CompleteHandler),
+    (rf"{API_PREFIX}/sessions/{REF}/logs", LogsHandler),
     (rf"{API_PREFIX}/images", ImagesHandler),
     (rf"{API_PREFIX}/agents", AgentsHandler),
     (rf"{API_PREFIX}/openapi.json", OpenAPIHandler),

@@ -23,6 +23,7 @@ from ..actions.execution import (
     ExecuteAction,
     ExecuteRequest,
     ExecuteResult,
+    GetContainerLogsAction,
     InterruptAction,
 )
 from ..errors import InvalidRequest, PermissionDenied, SessionsError, Unauthenticated
@@ -174,6 +175,46 @@ class CompleteHandler(SessionsAPIHandler):
                 "metadata": result.metadata,
             }
         )
+
+
+class LogsHandler(SessionsAPIHandler):
+    openapi = {
+        "get": {
+            "operationId": "get_container_logs",
+            "summary": "A kernel's own output as text (an ended batch session: its command's)",
+            "parameters": [
+                REF_PARAM,
+                OWNER_PARAM,
+                {"name": "kernel", "in": "query", "schema": {"type": "string", "default": "main1"}},
+                {
+                    "name": "tail",
+                    "in": "query",
+                    "schema": {"type": "integer", "minimum": 1},
+                    "description": "Only the last lines",
+                },
+            ],
+            "responses": {
+                "200": {"description": "The log", "content": {"text/plain": {}}},
+                **ERRORS,
+                **MORE_ERRORS,
+            },
+        },
+    }
+
+    @web.authenticated
+    @authorized
+    async def get(self, ref: str) -> None:
+        tail = self.int_arg("tail", 0, minimum=0, maximum=1_000_000)
+        action = GetContainerLogsAction(
+            caller=self.caller,
+            ref=ref,
+            owner_access_key=self.get_query_argument("owner_access_key", None),
+            kernel=self.get_query_argument("kernel", "main1") or "main1",
+            tail=tail or None,
+        )
+        text = await self.processors.get_container_logs.wait_for_complete(action)
+        self.set_header("Content-Type", "text/plain; charset=UTF-8")
+        self.finish(text)
 
 
 class ExecuteStreamHandler(
