@@ -25,6 +25,7 @@ from .actions.execution import (
     ExecuteAction,
     ExecuteRequest,
     ExecuteResult,
+    GetContainerLogsAction,
     InterruptAction,
 )
 from .actions.info import AgentEntry, ImageEntry, ListAgentsAction, ListImagesAction
@@ -558,6 +559,23 @@ class SessionService:
         else:
             run = self._known_run(channel, request.run_id)
         return RunStream(channel, run)
+
+    async def get_container_logs(self, action: GetContainerLogsAction) -> str:
+        session = await self._resolve(action)
+        kernel = next((k for k in session.kernels if k.name == action.kernel), None)
+        if kernel is None:
+            names = ", ".join(k.name for k in session.kernels)
+            raise NotFound(f"no kernel {action.kernel!r} in this session (it has {names})")
+        text = ""
+        if kernel.agent_id is not None and session.status not in TERMINAL_STATUSES:
+            agent = self.agents.get(kernel.agent_id)
+            ref = kernel.container_id or agent.kernel_ref(session.id, kernel.name)
+            text = await agent.logs(ref, tail=action.tail)
+        stored = str(session.status_data.get("batch", {}).get("output", ""))
+        if not text and stored and kernel.cluster_role == "main":
+            lines = stored.splitlines(keepends=True)
+            text = "".join(lines[-action.tail :] if action.tail else lines)
+        return text
 
     async def interrupt(self, action: InterruptAction) -> None:
         session, channel = await self._channel(action)
