@@ -954,7 +954,11 @@ class SessionService:
             if current.status is S.TERMINATING or (created and current.status in TERMINAL_STATUSES):
                 await self._teardown(session.id, forced=True)
         except SessionsError as exc:
-            await self._fail(session.id, f"restart failed: {exc.message}")
+            if (await self.repository.get(session.id)).status is S.TERMINATING:
+                # Destroyed mid-restart: the engine's refusal is that destroy's doing; finish it.
+                await self._teardown(session.id, forced=True)
+            else:
+                await self._fail(session.id, f"restart failed: {exc.message}")
         except Exception as exc:
             self.log.exception("restarting session %s failed", session.id)
             await self._fail(session.id, f"internal error while restarting: {type(exc).__name__}")

@@ -106,9 +106,15 @@ def api(jp_fetch: Any) -> Api:
 
 
 @pytest.fixture
-def docker_cleanup(docker_client: docker.DockerClient, sessions_app: Any) -> Iterator[None]:
+def docker_cleanup(
+    docker_client: docker.DockerClient, sessions_app: Any, jp_asyncio_loop: Any
+) -> Iterator[None]:
     """Remove whatever this test's installation left on the engine (and only that)."""
     yield
+    # Stop the scheduler and the start tasks first, so that nothing starts a session behind the
+    # cleanup's back.
+    jp_asyncio_loop.run_until_complete(sessions_app.scheduler.stop())
+    jp_asyncio_loop.run_until_complete(sessions_app.service.close())
     installation = getattr(sessions_app, "installation_id", None)
     if not installation:
         return
