@@ -3,6 +3,7 @@ the kernel image, and a request helper that returns status and JSON for any answ
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
@@ -13,6 +14,7 @@ import pytest
 from tornado.httpclient import HTTPClientError
 
 from jupyter_sessions.agents.base import LABEL_INSTALLATION
+from jupyter_sessions.agents.docker import DockerAgent
 
 pytest_plugins = ["pytest_jupyter.jupyter_server", "tests.postgres"]
 
@@ -123,5 +125,10 @@ def docker_cleanup(
         container.remove(force=True)
     for volume in docker_client.volumes.list(filters=selector):
         volume.remove(force=True)
+    # The agents' own removal also drops the host-port rules of their bridge.
+    for agent in sessions_app.registry:
+        if isinstance(agent, DockerAgent):
+            with contextlib.suppress(Exception):
+                jp_asyncio_loop.run_until_complete(agent.remove_network())
     for network in docker_client.networks.list(filters=selector):
         network.remove()
