@@ -12,7 +12,7 @@ import contextlib
 import logging
 import secrets
 import signal
-from collections.abc import Coroutine, Iterable
+from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from decimal import Decimal
@@ -632,8 +632,8 @@ class SessionService:
     async def _start(self, session: SessionData, agent: Agent) -> None:
         kernel = session.main_kernel
         assert kernel is not None
-        created = False
-        try:
+
+        async def prepare() -> None:
             if session.status is S.PENDING:
                 await self._transit(
                     session.id, S.SCHEDULED, f"placed on agent {agent.id}", expected={S.PENDING}
@@ -644,35 +644,56 @@ class SessionService:
                 raise InvalidRequest(f"image {session.image!r} is not present on agent {agent.id}")
             await self._transit(session.id, S.PREPARED, "image present")
             await self._transit(session.id, S.CREATING, "creating the container")
+
+        await self._bring_up(session, agent, S.CREATING, prepare, verb="starting")
+
+    async def _bring_up(
+        self,
+        session: SessionData,
+        agent: Agent,
+        phase: SessionStatus,
+        prepare: Callable[[], Awaitable[None]],
+        *,
+        verb: str,
+        failure_prefix: str = "",
+        ready_prefix: str = "",
+    ) -> None:
+        """What start and restart share: their own preparation, then a new container, the kernel
+        answering, the bootstrap script and RUNNING; and the one way their failures end."""
+        kernel = session.main_kernel
+        assert kernel is not None
+        created = False
+        try:
+            await prepare()
             handle = await self._create_kernel(session.id, kernel.name, agent)
             created = True
             await self.repository.set_kernel_placement(
                 kernel.id, container_id=handle.container_id, connection=handle.connection
             )
-            if (await self.repository.get(session.id)).status is not S.CREATING:
-                raise InvalidStatus("the session left CREATING while its container started")
-            timeout = self.config.deadlines.get(S.CREATING, 120.0)
+            if (await self.repository.get(session.id)).status is not phase:
+                raise InvalidStatus(f"the session left {phase} while its container started")
+            timeout = self.config.deadlines.get(phase, 180.0)
             await self.connections.wait_ready(kernel.id, handle.connection, timeout)
-            ready = await self._run_bootstrap(session.id, handle.container_id, agent, S.CREATING)
-            await self._transit(session.id, S.RUNNING, ready, expected={S.CREATING})
+            ready = await self._run_bootstrap(session.id, handle.container_id, agent, phase)
+            await self._transit(session.id, S.RUNNING, ready_prefix + ready, expected={phase})
             if session.type == SessionType.BATCH:
                 self._background(self._run_batch_session(session.id))
         except asyncio.CancelledError:
             raise
         except InvalidStatus:
-            # Destroyed (or swept) while starting: whoever moved it decides; clean up if ending.
+            # Destroyed (or swept) meanwhile: whoever moved it decides; clean up if ending.
             current = await self.repository.get(session.id)
             if current.status is S.TERMINATING or (created and current.status in TERMINAL_STATUSES):
                 await self._teardown(session.id, forced=True)
         except SessionsError as exc:
             if (await self.repository.get(session.id)).status is S.TERMINATING:
-                # Destroyed mid-create: the engine's refusal is that destroy's doing; finish it.
+                # Destroyed mid-way: the engine's refusal is that destroy's doing; finish it.
                 await self._teardown(session.id, forced=True)
             else:
-                await self._fail(session.id, exc.message)
+                await self._fail(session.id, failure_prefix + exc.message)
         except Exception as exc:
-            self.log.exception("starting session %s failed", session.id)
-            await self._fail(session.id, f"internal error while starting: {type(exc).__name__}")
+            self.log.exception("%s session %s failed", verb, session.id)
+            await self._fail(session.id, f"internal error while {verb}: {type(exc).__name__}")
 
     async def _run_batch_session(self, session_id: str) -> None:
         """Run a batch session's startup_command; its exit decides SUCCESS or FAILURE, then the
@@ -925,43 +946,23 @@ class SessionService:
         """RESTARTING → a new container and kernel (same id and work volume) → RUNNING."""
         kernel = session.main_kernel
         assert kernel is not None
-        created = False
-        try:
+
+        async def prepare() -> None:
             self.connections.close(kernel.id)
             if kernel.agent_id is not None:
                 ref = kernel.container_id or agent.kernel_ref(session.id, kernel.name)
                 await agent.destroy_kernel(ref)  # the container only: the work volume stays
             await self.repository.set_kernel_placement(kernel.id, agent_id=agent.id)
-            handle = await self._create_kernel(session.id, kernel.name, agent)
-            created = True
-            await self.repository.set_kernel_placement(
-                kernel.id, container_id=handle.container_id, connection=handle.connection
-            )
-            if (await self.repository.get(session.id)).status is not S.RESTARTING:
-                raise InvalidStatus("the session left RESTARTING while its container started")
-            timeout = self.config.deadlines.get(S.RESTARTING, 180.0)
-            await self.connections.wait_ready(kernel.id, handle.connection, timeout)
-            ready = await self._run_bootstrap(session.id, handle.container_id, agent, S.RESTARTING)
-            await self._transit(
-                session.id, S.RUNNING, f"restarted: {ready}", expected={S.RESTARTING}
-            )
-            if session.type == SessionType.BATCH:
-                self._background(self._run_batch_session(session.id))
-        except asyncio.CancelledError:
-            raise
-        except InvalidStatus:
-            current = await self.repository.get(session.id)
-            if current.status is S.TERMINATING or (created and current.status in TERMINAL_STATUSES):
-                await self._teardown(session.id, forced=True)
-        except SessionsError as exc:
-            if (await self.repository.get(session.id)).status is S.TERMINATING:
-                # Destroyed mid-restart: the engine's refusal is that destroy's doing; finish it.
-                await self._teardown(session.id, forced=True)
-            else:
-                await self._fail(session.id, f"restart failed: {exc.message}")
-        except Exception as exc:
-            self.log.exception("restarting session %s failed", session.id)
-            await self._fail(session.id, f"internal error while restarting: {type(exc).__name__}")
+
+        await self._bring_up(
+            session,
+            agent,
+            S.RESTARTING,
+            prepare,
+            verb="restarting",
+            failure_prefix="restart failed: ",
+            ready_prefix="restarted: ",
+        )
 
     async def _run_again(self, session: SessionData, caller: Caller) -> SessionData:
         """A new session from a final one's stored parameters and name (``restarted_from``).
