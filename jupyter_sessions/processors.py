@@ -70,6 +70,8 @@ class AuditMonitor:
     def __init__(self, repository: SessionRepository, log: logging.Logger) -> None:
         self._repository = repository
         self._queue: asyncio.Queue[AuditEntry] = asyncio.Queue(maxsize=10_000)
+        self._queued = asyncio.Event()
+        self._writing = asyncio.Lock()
         self._log = log
         self._task: asyncio.Task[None] | None = None
 
@@ -96,6 +98,7 @@ class AuditMonitor:
         )
         try:
             self._queue.put_nowait(entry)
+            self._queued.set()
         except asyncio.QueueFull:
             self._log.warning("audit queue full; dropped an entry for %s", action.operation)
 
@@ -105,21 +108,26 @@ class AuditMonitor:
 
     async def _writer(self) -> None:
         while True:
-            batch = [await self._queue.get()]
-            while not self._queue.empty() and len(batch) < 500:
-                batch.append(self._queue.get_nowait())
+            await self._queued.wait()
             try:
-                await self._repository.write_audit(batch)
+                await self._write_queued()
             except Exception:
-                self._log.exception("could not write %d audit entries", len(batch))
+                self._log.exception("could not write audit entries")
+
+    async def _write_queued(self) -> None:
+        # Entries leave the queue only under the lock, together with their write: so once a
+        # flush holds the lock, every entry queued before it is either written or in its batch.
+        async with self._writing:
+            self._queued.clear()
+            while not self._queue.empty():
+                batch: list[AuditEntry] = []
+                while not self._queue.empty() and len(batch) < 500:
+                    batch.append(self._queue.get_nowait())
+                await self._repository.write_audit(batch)
 
     async def flush(self) -> None:
-        """Write what is queued now (used at shutdown and by tests that read the log)."""
-        batch = []
-        while not self._queue.empty():
-            batch.append(self._queue.get_nowait())
-        if batch:
-            await self._repository.write_audit(batch)
+        """Write what is queued now (at shutdown, and before the audit log is read)."""
+        await self._write_queued()
 
     async def stop(self) -> None:
         if self._task is not None:
