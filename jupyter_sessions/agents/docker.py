@@ -84,6 +84,17 @@ def _connection_tar(connection: dict[str, Any]) -> bytes:
     return buffer.getvalue()
 
 
+async def _to_thread_to_the_end(func: Callable[[], T]) -> T:
+    """``asyncio.to_thread``, except that cancelling waits for the thread before it propagates."""
+    task = asyncio.ensure_future(asyncio.to_thread(func))
+    try:
+        return await asyncio.shield(task)
+    except asyncio.CancelledError:
+        with contextlib.suppress(BaseException):
+            await task
+        raise
+
+
 def _wait_gone(client: docker.DockerClient, container_ref: str, timeout: float = 30.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -158,9 +169,13 @@ class DockerAgent(Agent):
         return self._client
 
     async def _call(self, func: Callable[[], T], what: str) -> T:
-        """Run a blocking SDK call in a thread and map engine failures by status code."""
+        """Run a blocking SDK call in a thread and map engine failures by status code.
+
+        A cancelled caller still waits for the call to end: the thread can't be stopped, and what
+        it creates after the caller gave up would be left behind with nobody to remove it.
+        """
         try:
-            return await asyncio.to_thread(func)
+            return await _to_thread_to_the_end(func)
         except docker.errors.ImageNotFound as exc:
             raise InvalidRequest(
                 f"{what}: image not present on agent {self.id}: {exc.explanation}"
