@@ -149,6 +149,7 @@ class SessionProcessors:
         self.list_sessions = proc(service.list_sessions)
         self.get_session_info = proc(service.get_session_info)
         self.get_status_history = proc(service.get_status_history)
+        self.get_dependency_graph = proc(service.get_dependency_graph)
         self.destroy_session = proc(service.destroy_session)
         self.list_images = proc(service.list_images)
         self.list_agents = proc(service.list_agents)

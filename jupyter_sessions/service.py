@@ -35,8 +35,10 @@ from .actions.lifecycle import (
     CreateFromParamsAction,
     CreateSessionParams,
     CreateSessionResult,
+    DependencyGraph,
     DestroySessionAction,
     DestroySessionResult,
+    GetDependencyGraphAction,
     GetSessionInfoAction,
     GetStatusHistoryAction,
     ListSessionsAction,
@@ -353,6 +355,16 @@ class SessionService:
 
     async def get_session_info(self, action: GetSessionInfoAction) -> SessionData:
         return await self._resolve(action)
+
+    async def get_dependency_graph(self, action: GetDependencyGraphAction) -> DependencyGraph:
+        """Both directions of ``depends_on`` around a session; only sessions the caller may see."""
+        session = await self._resolve(action)
+        nodes, edges = await self.repository.dependency_graph(session.id)
+        if not action.caller.is_admin:
+            visible = {n["id"] for n in nodes if n["owner_access_key"] == action.caller.access_key}
+            nodes = [n for n in nodes if n["id"] in visible]
+            edges = [(a, b) for a, b in edges if a in visible and b in visible]
+        return DependencyGraph(session.id, nodes, edges)
 
     async def get_status_history(self, action: GetStatusHistoryAction) -> StatusHistoryResult:
         session = await self._resolve(action)

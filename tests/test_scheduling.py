@@ -665,6 +665,40 @@ async def test_recursive_destroy_takes_the_dependents_along(api: Api) -> None:
     assert (await info(api, bystander["id"]))["status"] not in ("CANCELLED", "TERMINATED")
 
 
+async def test_the_dependency_graph_shows_both_directions_to_its_owner_only(api: Api) -> None:
+    root = await create(api, name="graph-root", max_wait_seconds=60)
+    middle = await create(api, name="graph-mid", depends_on=["graph-root"], enqueue_only=True)
+    leaf = await create(api, name="graph-leaf", depends_on=["graph-mid"], enqueue_only=True)
+    other = await create(api, name="graph-other", depends_on=["graph-root"], enqueue_only=True)
+    await create(api, name="graph-apart", enqueue_only=True)
+
+    graph = await api("GET", "sessions", "graph-mid", "dependency-graph")
+    assert graph.code == 200, graph.body
+    assert graph.body["session_id"] == middle["id"]
+    # Transitively both ways from the middle: its dependency, and its dependent; the root's other
+    # dependent is not on a path through the middle, and the unrelated session is absent.
+    assert {n["name"] for n in graph.body["nodes"]} == {"graph-root", "graph-mid", "graph-leaf"}
+    assert {(e["from"], e["to"]) for e in graph.body["edges"]} == {
+        (middle["id"], root["id"]),
+        (leaf["id"], middle["id"]),
+    }
+    from_root = await api("GET", "sessions", "graph-root", "dependency-graph")
+    assert {n["id"] for n in from_root.body["nodes"]} == {
+        root["id"],
+        middle["id"],
+        leaf["id"],
+        other["id"],
+    }
+    assert all(n["status"] and n["result"] for n in from_root.body["nodes"])
+
+    keypair = await api("POST", "keypairs", body={"user": "graph-stranger"})
+    stranger = {
+        "Authorization": f"Keypair {keypair.body['access_key']}:{keypair.body['secret_key']}"
+    }
+    hidden = await api("GET", "sessions", middle["id"], "dependency-graph", headers=stranger)
+    assert hidden.code == 404
+
+
 # --- the real engine -----------------------------------------------------------------------------
 
 

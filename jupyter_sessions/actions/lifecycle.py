@@ -433,3 +433,15 @@ class CheckAndTransitStatusAction(Action):
 
     def target(self) -> str | None:
         return ",".join(self.refs)[:1000] or None
+
+
+@dataclass(frozen=True, kw_only=True)
+class GetDependencyGraphAction(SessionRefAction):
+    operation: ClassVar[str] = "get_dependency_graph"
+
+
+@dataclass(frozen=True)
+class DependencyGraph:
+    session_id: str
+    nodes: list[dict[str, Any]]
+    edges: list[tuple[str, str]]

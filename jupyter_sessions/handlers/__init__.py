@@ -14,6 +14,7 @@ from .execute import (
 from .info import AgentsHandler, ImagesHandler
 from .openapi import OpenAPIHandler
 from .sessions import (
+    DependencyGraphHandler,
     RenameHandler,
     RestartHandler,
     SessionHandler,
@@ -32,6 +33,7 @@ default_handlers: list[tuple[str, type]] = [
     (rf"{API_PREFIX}/sessions/{REF}/rename", RenameHandler),
     (rf"{API_PREFIX}/sessions/{REF}/restart", RestartHandler),
     (rf"{API_PREFIX}/sessions/{REF}/status-history", StatusHistoryHandler),
+    (rf"{API_PREFIX}/sessions/{REF}/dependency-graph", DependencyGraphHandler),
     (rf"{API_PREFIX}/sessions/{REF}/execute", ExecuteHandler),
     (rf"{API_PREFIX}/sessions/{REF}/execute/stream", ExecuteStreamHandler),
     (rf"{API_PREFIX}/sessions/{REF}/interrupt", InterruptHandler),

@@ -16,6 +16,7 @@ from ..actions.lifecycle import (
     CreateFromParamsAction,
     CreateSessionParams,
     DestroySessionAction,
+    GetDependencyGraphAction,
     GetSessionInfoAction,
     GetStatusHistoryAction,
     ListSessionsAction,
@@ -420,4 +421,68 @@ class TransitStatusHandler(SessionsAPIHandler):
         result = await self.processors.check_and_transit_status.wait_for_complete(action)
         self.write_json(
             {"sessions": [session_json(s) for s in result.sessions], "total": result.total}
+        )
+
+
+class DependencyGraphHandler(SessionsAPIHandler):
+    openapi = {
+        "get": {
+            "operationId": "get_dependency_graph",
+            "summary": "The depends_on graph around a session, both directions, transitively",
+            "parameters": [REF_PARAM, OWNER_PARAM],
+            "responses": {
+                "200": _json(
+                    {
+                        "type": "object",
+                        "properties": {
+                            "session_id": {"type": "string"},
+                            "nodes": {
+                                "type": "array",
+                                "items": {
+                                    "type": "object",
+                                    "properties": {
+                                        "id": {"type": "string"},
+                                        "name": {"type": "string"},
+                                        "status": {"type": "string"},
+                                        "result": {"type": "string"},
+                                    },
+                                },
+                            },
+                            "edges": {
+                                "type": "array",
+                                "items": {
+                                    "type": "object",
+                                    "properties": {
+                                        "from": {"type": "string", "description": "the dependent"},
+                                        "to": {"type": "string", "description": "its dependency"},
+                                    },
+                                },
+                            },
+                        },
+                    },
+                    "The graph",
+                ),
+                **ERRORS,
+                "404": {"$ref": "#/components/responses/Error"},
+            },
+        },
+    }
+
+    @web.authenticated
+    @authorized
+    async def get(self, ref: str) -> None:
+        action = GetDependencyGraphAction(
+            caller=self.caller,
+            ref=ref,
+            owner_access_key=self.get_query_argument("owner_access_key", None) or None,
+        )
+        graph = await self.processors.get_dependency_graph.wait_for_complete(action)
+        self.write_json(
+            {
+                "session_id": graph.session_id,
+                "nodes": [
+                    {k: node[k] for k in ("id", "name", "status", "result")} for node in graph.nodes
+                ],
+                "edges": [{"from": a, "to": b} for a, b in graph.edges],
+            }
         )

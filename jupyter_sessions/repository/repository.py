@@ -1051,3 +1051,58 @@ class SessionRepository:
             return found
 
         return await self.db.run(work)
+
+    # --- dependency graph (observability) ----------------------------------------------------
+
+    async def dependency_graph(
+        self, session_id: str
+    ) -> tuple[list[dict[str, Any]], list[tuple[str, str]]]:
+        """The sessions this one depends on and those that depend on it, both transitively.
+
+        Nodes are ``{id, name, status, result, owner_access_key}``; edges are
+        ``(dependent, dependency)`` pairs. Every status counts (a finished dependency still is one).
+        """
+
+        def work(db: Session) -> tuple[list[dict[str, Any]], list[tuple[str, str]]]:
+            edges: set[tuple[str, str]] = set()
+            seen = {session_id}
+            for forward in (True, False):
+                frontier = [session_id]
+                while frontier:
+                    column = (
+                        SessionDependencyRow.session_id
+                        if forward
+                        else SessionDependencyRow.depends_on
+                    )
+                    rows = db.execute(
+                        select(
+                            SessionDependencyRow.session_id, SessionDependencyRow.depends_on
+                        ).where(column.in_(frontier))
+                    ).all()
+                    edges.update((r.session_id, r.depends_on) for r in rows)
+                    reached = [r.depends_on if forward else r.session_id for r in rows]
+                    frontier = [r for r in dict.fromkeys(reached) if r not in seen]
+                    seen.update(frontier)
+            nodes = [
+                {
+                    "id": r.id,
+                    "name": r.name,
+                    "status": r.status,
+                    "result": r.result,
+                    "owner_access_key": r.owner_access_key,
+                }
+                for r in db.execute(
+                    select(
+                        SessionRow.id,
+                        SessionRow.name,
+                        SessionRow.status,
+                        SessionRow.result,
+                        SessionRow.owner_access_key,
+                    )
+                    .where(SessionRow.id.in_(sorted(seen)))
+                    .order_by(SessionRow.created_at, SessionRow.id)
+                ).all()
+            ]
+            return nodes, sorted(edges)
+
+        return await self.db.run(work)
