@@ -158,6 +158,7 @@ class SessionProcessors:
         self.interrupt = proc(service.interrupt)
         self.complete = proc(service.complete)
         self.get_container_logs = proc(service.get_container_logs)
+        self.get_usage = proc(service.get_usage)
         # modify, rename, restart, transit-status and templates (lifecycle-actions task)
         self.modify_session = proc(service.modify_session)
         self.rename_session = proc(service.rename_session)

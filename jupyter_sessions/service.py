@@ -26,6 +26,7 @@ from .actions.execution import (
     ExecuteRequest,
     ExecuteResult,
     GetContainerLogsAction,
+    GetUsageAction,
     InterruptAction,
 )
 from .actions.info import AgentEntry, ImageEntry, ListAgentsAction, ListImagesAction
@@ -571,6 +572,26 @@ class SessionService:
         else:
             run = self._known_run(channel, request.run_id)
         return RunStream(channel, run)
+
+    async def get_usage(self, action: GetUsageAction) -> tuple[str, list[dict[str, Any]]]:
+        """Each kernel's usage now; a kernel that is not running reports ``None`` figures."""
+        session = await self._resolve(action)
+        usages = []
+        for kernel in session.kernels:
+            figures: dict[str, Any] | None = None
+            if kernel.agent_id is not None and session.status not in TERMINAL_STATUSES:
+                agent = self.agents.get(kernel.agent_id)
+                ref = kernel.container_id or agent.kernel_ref(session.id, kernel.name)
+                figures = await agent.usage(ref)
+            usages.append(
+                {
+                    "name": kernel.name,
+                    "status": str(kernel.status),
+                    "measured_at": utcnow(),
+                    "usage": figures,
+                }
+            )
+        return session.id, usages
 
     async def get_container_logs(self, action: GetContainerLogsAction) -> str:
         session = await self._resolve(action)

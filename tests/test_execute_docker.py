@@ -336,3 +336,17 @@ async def test_a_batch_command_over_its_timeout_is_killed(api: Api, session_id: 
     assert answers[-1]["status"] == "exec-timeout" and answers[-1]["exit_code"] != 0
     ps = await batch_to_end(api, session_id, exec="ps -eo args")
     assert "sleep 60" not in text_of(ps[-1]["console"], "stdout")  # the whole group was killed
+
+
+async def test_usage_reports_what_the_kernel_uses(api: Api, session_id: str) -> None:
+    before = await api("GET", "sessions", session_id, "usage")
+    assert before.code == 200, before.body
+    assert before.body["session_id"] == session_id
+    [kernel] = before.body["kernels"]
+    assert kernel["name"] == "main1" and kernel["status"] == "RUNNING"
+    assert kernel["usage"]["mem_limit"] == 2**30  # the default resources: 1 GiB, no swap
+    await run_to_end(api, session_id, "block = bytearray(200 * 2**20)\nsum(range(10**7))")
+    after = (await api("GET", "sessions", session_id, "usage")).body["kernels"][0]["usage"]
+    assert after["mem_bytes"] >= 200 * 2**20
+    assert after["cpu_seconds"] > kernel["usage"]["cpu_seconds"]
+    assert after["pids"] >= 1

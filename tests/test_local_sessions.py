@@ -100,3 +100,20 @@ async def test_batch_mode_and_logs_on_the_local_agent(api: Api) -> None:
     assert logs.code == 200 and "kernel main1 starting" in logs.body
     missing = await api("GET", "sessions", "local-batch", "logs", kernel="sub9")
     assert missing.code == 404
+
+
+async def test_usage_on_the_local_agent(api: Api) -> None:
+    created = await api("POST", "sessions", body={"name": "local-usage", "max_wait_seconds": 60})
+    assert created.body["status"] == "RUNNING", created.body
+    ran = await api(
+        "POST",
+        "sessions",
+        "local-usage",
+        "execute",
+        body={"mode": "query", "code": "block = bytearray(100 * 2**20); len(block)"},
+    )
+    assert ran.body["status"] == "finished", ran.body
+    usage = (await api("GET", "sessions", "local-usage", "usage")).body["kernels"][0]["usage"]
+    assert usage["mem_bytes"] >= 100 * 2**20 and usage["cpu_seconds"] > 0
+    assert usage["mem_limit"] is None
+    await api("DELETE", "sessions", "local-usage", forced="true")

@@ -144,3 +144,10 @@ class GetContainerLogsAction(SessionRefAction):
     operation: ClassVar[str] = "get_container_logs"
     kernel: str = "main1"
     tail: int | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class GetUsageAction(SessionRefAction):
+    """What a session's kernels use now (CPU time so far, memory, processes)."""
+
+    operation: ClassVar[str] = "get_usage"

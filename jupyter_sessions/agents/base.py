@@ -161,6 +161,11 @@ class Agent(abc.ABC):
         """Images present on this agent."""
 
     @abc.abstractmethod
+    async def usage(self, container_ref: str) -> dict[str, Any] | None:
+        """What the kernel uses now: ``cpu_seconds`` (total so far), ``mem_bytes``, ``mem_limit``
+        (None when unknown) and ``pids``; None when the kernel is gone."""
+
+    @abc.abstractmethod
     async def logs(self, container_ref: str, *, tail: int | None = None) -> str:
         """The kernel container's own output (its last ``tail`` lines); "" when it is gone."""
 

@@ -397,6 +397,28 @@ class DockerAgent(Agent):
 
         return await self._call(images, "list images")
 
+    async def usage(self, container_ref: str) -> dict[str, Any] | None:
+        client = self._docker()
+
+        def read() -> dict[str, Any] | None:
+            try:
+                container = client.containers.get(container_ref)
+            except docker.errors.NotFound:
+                return None
+            if container.status != "running":
+                return None
+            stats = container.stats(stream=False, one_shot=True)
+            memory = stats.get("memory_stats") or {}
+            cpu = (stats.get("cpu_stats") or {}).get("cpu_usage") or {}
+            return {
+                "cpu_seconds": round(int(cpu.get("total_usage", 0)) / 1e9, 3),
+                "mem_bytes": int(memory.get("usage", 0)),
+                "mem_limit": int(memory["limit"]) if memory.get("limit") else None,
+                "pids": int((stats.get("pids_stats") or {}).get("current", 0)),
+            }
+
+        return await self._call(read, "read container usage")
+
     async def logs(self, container_ref: str, *, tail: int | None = None) -> str:
         client = self._docker()
 

@@ -445,6 +445,47 @@ class LocalAgent(Agent):
             env[name] = str(value)
         return env
 
+    async def usage(self, container_ref: str) -> dict[str, Any] | None:
+        """From /proc: the kernel process's CPU time and resident memory (its children's are not
+        counted); ``mem_limit`` is None: RLIMIT_AS caps virtual memory, not what is resident."""
+        kernel = self._find(container_ref)
+        if kernel is None or kernel.proc is None or not _running(kernel.proc):
+            return None
+        pid = kernel.proc.pid
+
+        def read() -> dict[str, Any] | None:
+            try:
+                stat = Path(f"/proc/{pid}/stat").read_text()
+                status = Path(f"/proc/{pid}/status").read_text()
+            except OSError:
+                return None
+            fields = stat.rsplit(")", 1)[1].split()
+            ticks = os.sysconf("SC_CLK_TCK")
+            rss = next(
+                (
+                    int(line.split()[1]) * 1024
+                    for line in status.splitlines()
+                    if line.startswith("VmRSS:")
+                ),
+                0,
+            )
+            threads = next(
+                (
+                    int(line.split()[1])
+                    for line in status.splitlines()
+                    if line.startswith("Threads:")
+                ),
+                1,
+            )
+            return {
+                "cpu_seconds": round((int(fields[11]) + int(fields[12])) / ticks, 3),
+                "mem_bytes": rss,
+                "mem_limit": None,
+                "pids": threads,
+            }
+
+        return await asyncio.to_thread(read)
+
     async def logs(self, container_ref: str, *, tail: int | None = None) -> str:
         kernel = self._find(container_ref)
         if kernel is None:

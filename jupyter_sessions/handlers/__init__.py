@@ -10,6 +10,7 @@ from .execute import (
     ExecuteStreamHandler,
     InterruptHandler,
     LogsHandler,
+    UsageHandler,
 )
 from .info import AgentsHandler, ImagesHandler
 from .openapi import OpenAPIHandler
@@ -39,6 +40,7 @@ default_handlers: list[tuple[str, type]] = [
     (rf"{API_PREFIX}/sessions/{REF}/interrupt", InterruptHandler),
     (rf"{API_PREFIX}/sessions/{REF}/complete", CompleteHandler),
     (rf"{API_PREFIX}/sessions/{REF}/logs", LogsHandler),
+    (rf"{API_PREFIX}/sessions/{REF}/usage", UsageHandler),
     (rf"{API_PREFIX}/images", ImagesHandler),
     (rf"{API_PREFIX}/agents", AgentsHandler),
     (rf"{API_PREFIX}/openapi.json", OpenAPIHandler),

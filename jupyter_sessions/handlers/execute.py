@@ -24,10 +24,12 @@ from ..actions.execution import (
     ExecuteRequest,
     ExecuteResult,
     GetContainerLogsAction,
+    GetUsageAction,
     InterruptAction,
 )
 from ..errors import InvalidRequest, PermissionDenied, SessionsError, Unauthenticated
 from ..kernels.runs import EXEC_TIMEOUT, FINISHED, WAITING_INPUT, RunSnapshot, RunStream
+from ..serialize import iso
 from .base import SessionsAPIHandler, SessionsHandlerMixin
 from .sessions import ERRORS, OWNER_PARAM, REF_PARAM, _json
 
@@ -215,6 +217,65 @@ class LogsHandler(SessionsAPIHandler):
         text = await self.processors.get_container_logs.wait_for_complete(action)
         self.set_header("Content-Type", "text/plain; charset=UTF-8")
         self.finish(text)
+
+
+class UsageHandler(SessionsAPIHandler):
+    openapi = {
+        "get": {
+            "operationId": "get_usage",
+            "summary": "What each kernel uses now: CPU seconds so far, memory, processes",
+            "parameters": [REF_PARAM, OWNER_PARAM],
+            "responses": {
+                "200": _json(
+                    {
+                        "type": "object",
+                        "properties": {
+                            "session_id": {"type": "string"},
+                            "kernels": {
+                                "type": "array",
+                                "items": {
+                                    "type": "object",
+                                    "properties": {
+                                        "name": {"type": "string"},
+                                        "status": {"type": "string"},
+                                        "measured_at": {"type": "string", "format": "date-time"},
+                                        "usage": {
+                                            "type": ["object", "null"],
+                                            "properties": {
+                                                "cpu_seconds": {"type": "number"},
+                                                "mem_bytes": {"type": "integer"},
+                                                "mem_limit": {"type": ["integer", "null"]},
+                                                "pids": {"type": "integer"},
+                                            },
+                                        },
+                                    },
+                                },
+                            },
+                        },
+                    },
+                    "Usage per kernel",
+                ),
+                **ERRORS,
+                **MORE_ERRORS,
+            },
+        },
+    }
+
+    @web.authenticated
+    @authorized
+    async def get(self, ref: str) -> None:
+        action = GetUsageAction(
+            caller=self.caller,
+            ref=ref,
+            owner_access_key=self.get_query_argument("owner_access_key", None),
+        )
+        session_id, kernels = await self.processors.get_usage.wait_for_complete(action)
+        self.write_json(
+            {
+                "session_id": session_id,
+                "kernels": [{**k, "measured_at": iso(k["measured_at"])} for k in kernels],
+            }
+        )
 
 
 class ExecuteStreamHandler(
