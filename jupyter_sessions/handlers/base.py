@@ -47,6 +47,11 @@ class SessionsHandlerMixin:
     def caller(self) -> Caller:
         return self.sessions_app.identity.caller_for(self.current_user)
 
+    @property
+    def acting_for(self) -> str | None:
+        """``?owner_access_key=``: an admin acting for another key (an empty value means none)."""
+        return self.get_query_argument("owner_access_key", None) or None  # type: ignore[attr-defined]
+
     def send_error(self, status_code: int = 500, **kwargs: Any) -> None:
         exc_info = kwargs.get("exc_info")
         if exc_info and isinstance(exc_info[1], SessionsError):

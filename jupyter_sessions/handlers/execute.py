@@ -88,7 +88,7 @@ class ExecuteHandler(SessionsAPIHandler):
             caller=self.caller,
             ref=ref,
             request=request,
-            owner_access_key=self.get_query_argument("owner_access_key", None),
+            owner_access_key=self.acting_for,
         )
         result = await self.processors.execute.wait_for_complete(action)
         self.write_json(result_json(result))
@@ -110,7 +110,7 @@ class InterruptHandler(SessionsAPIHandler):
         action = InterruptAction(
             caller=self.caller,
             ref=ref,
-            owner_access_key=self.get_query_argument("owner_access_key", None),
+            owner_access_key=self.acting_for,
         )
         await self.processors.interrupt.wait_for_complete(action)
         self.write_json({"interrupted": True})
@@ -166,7 +166,7 @@ class CompleteHandler(SessionsAPIHandler):
             ref=ref,
             code=code,
             cursor_pos=cursor_pos,
-            owner_access_key=self.get_query_argument("owner_access_key", None),
+            owner_access_key=self.acting_for,
         )
         result = await self.processors.complete.wait_for_complete(action)
         self.write_json(
@@ -210,7 +210,7 @@ class LogsHandler(SessionsAPIHandler):
         action = GetContainerLogsAction(
             caller=self.caller,
             ref=ref,
-            owner_access_key=self.get_query_argument("owner_access_key", None),
+            owner_access_key=self.acting_for,
             kernel=self.get_query_argument("kernel", "main1") or "main1",
             tail=tail or None,
         )
@@ -267,7 +267,7 @@ class UsageHandler(SessionsAPIHandler):
         action = GetUsageAction(
             caller=self.caller,
             ref=ref,
-            owner_access_key=self.get_query_argument("owner_access_key", None),
+            owner_access_key=self.acting_for,
         )
         session_id, kernels = await self.processors.get_usage.wait_for_complete(action)
         self.write_json(
@@ -309,7 +309,7 @@ class ExecuteStreamHandler(
             raise PermissionDenied("not allowed to execute code in sessions")
         await self.sessions_app.ensure_started()
         self.ref = kwargs["ref"]
-        self.owner_access_key = self.get_query_argument("owner_access_key", None)
+        self.owner_access_key = self.acting_for
         await super().get(*args, **kwargs)
 
     def open(self, *args: Any, **kwargs: Any) -> None:

@@ -144,7 +144,7 @@ class SessionsHandler(SessionsAPIHandler):
             caller=self.caller,
             match=self.get_query_argument("match", None) or None,
             statuses=statuses,
-            owner_access_key=self.get_query_argument("owner_access_key", None) or None,
+            owner_access_key=self.acting_for,
             limit=self.int_arg("limit", 100, minimum=1, maximum=1000),
             offset=self.int_arg("offset", 0, maximum=10**9),
         )
@@ -216,7 +216,7 @@ class SessionHandler(SessionsAPIHandler):
         action = GetSessionInfoAction(
             caller=self.caller,
             ref=ref,
-            owner_access_key=self.get_query_argument("owner_access_key", None) or None,
+            owner_access_key=self.acting_for,
         )
         session = await self.processors.get_session_info.wait_for_complete(action)
         self.write_json(session_json(session))
@@ -227,7 +227,7 @@ class SessionHandler(SessionsAPIHandler):
         action = ModifySessionAction(
             caller=self.caller,
             ref=ref,
-            owner_access_key=self.get_query_argument("owner_access_key", None) or None,
+            owner_access_key=self.acting_for,
             changes=SessionChanges.from_json(self.json_body()),
         )
         session = await self.processors.modify_session.wait_for_complete(action)
@@ -239,7 +239,7 @@ class SessionHandler(SessionsAPIHandler):
         action = DestroySessionAction(
             caller=self.caller,
             ref=ref,
-            owner_access_key=self.get_query_argument("owner_access_key", None) or None,
+            owner_access_key=self.acting_for,
             forced=self.bool_arg("forced"),
             recursive=self.bool_arg("recursive"),
         )
@@ -279,7 +279,7 @@ class StatusHistoryHandler(SessionsAPIHandler):
         action = GetStatusHistoryAction(
             caller=self.caller,
             ref=ref,
-            owner_access_key=self.get_query_argument("owner_access_key", None) or None,
+            owner_access_key=self.acting_for,
         )
         result = await self.processors.get_status_history.wait_for_complete(action)
         self.write_json(
@@ -325,7 +325,7 @@ class RenameHandler(SessionsAPIHandler):
         action = RenameSessionAction(
             caller=self.caller,
             ref=ref,
-            owner_access_key=self.get_query_argument("owner_access_key", None) or None,
+            owner_access_key=self.acting_for,
             name=parse_rename(self.json_body()),
         )
         session = await self.processors.rename_session.wait_for_complete(action)
@@ -358,7 +358,7 @@ class RestartHandler(SessionsAPIHandler):
         action = RestartSessionAction(
             caller=self.caller,
             ref=ref,
-            owner_access_key=self.get_query_argument("owner_access_key", None) or None,
+            owner_access_key=self.acting_for,
         )
         result = await self.processors.restart_session.wait_for_complete(action)
         self.write_json(session_json(result.session), status=201 if result.created else 202)
@@ -416,7 +416,7 @@ class TransitStatusHandler(SessionsAPIHandler):
         action = CheckAndTransitStatusAction(
             caller=self.caller,
             refs=parse_transit_ids(self.json_body()),
-            owner_access_key=self.get_query_argument("owner_access_key", None) or None,
+            owner_access_key=self.acting_for,
         )
         result = await self.processors.check_and_transit_status.wait_for_complete(action)
         self.write_json(
@@ -474,7 +474,7 @@ class DependencyGraphHandler(SessionsAPIHandler):
         action = GetDependencyGraphAction(
             caller=self.caller,
             ref=ref,
-            owner_access_key=self.get_query_argument("owner_access_key", None) or None,
+            owner_access_key=self.acting_for,
         )
         graph = await self.processors.get_dependency_graph.wait_for_complete(action)
         self.write_json(

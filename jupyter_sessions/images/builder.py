@@ -11,6 +11,7 @@ what decides their content.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import json
 import os
@@ -485,11 +486,10 @@ def _build_image(
 
 def _drop_untagged(client: docker.DockerClient, image_id: str) -> None:
     """Removes the image a forced rebuild replaced, unless containers or other tags keep it."""
-    try:
+    # Still used by a container: Docker refuses, and keeps it, as it should.
+    with contextlib.suppress(docker.errors.DockerException):
         if not client.images.get(image_id).tags:
             client.images.remove(image_id)
-    except docker.errors.DockerException:
-        pass  # still used by a container: Docker keeps it, as it should
 
 
 def main(argv: list[str] | None = None) -> int:
