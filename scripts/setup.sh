@@ -5,7 +5,8 @@
 #      tests start and stop their own server, so no cluster is created or started here;
 #   3. a Docker engine: installed from Debian (docker.io) and started when none answers
 #      (needs root; with --optional, a machine where that fails goes on without Docker);
-#   4. the default kernel image, built offline (debootstrap) unless its tag is present.
+#   4. the default kernel image, built offline (debootstrap) unless its tag is present;
+#   5. Chromium from Debian, for the browser tests (Playwright drives it: its own download fails).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 optional_docker=0
@@ -41,6 +42,15 @@ if ! have_initdb; then
     have_initdb || { say "postgresql installed but no initdb found"; exit 1; }
   else
     say "PostgreSQL is not installed and not root: its tests will fail (apt-get install postgresql)"
+  fi
+fi
+
+if ! command -v chromium >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ]; then
+    say "installing Chromium from Debian (browser tests)"
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+  else
+    say "Chromium is not installed and not root: the browser tests will fail (apt-get install chromium)"
   fi
 fi
 

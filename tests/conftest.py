@@ -16,7 +16,7 @@ from tornado.httpclient import HTTPClientError
 from jupyter_sessions.agents.base import LABEL_INSTALLATION
 from jupyter_sessions.agents.docker import DockerAgent
 
-pytest_plugins = ["pytest_jupyter.jupyter_server", "tests.postgres"]
+pytest_plugins = ["pytest_jupyter.jupyter_server", "tests.postgres", "tests.browser"]
 
 
 @pytest.fixture(scope="session")
