@@ -6,7 +6,8 @@
 #   3. a Docker engine: installed from Debian (docker.io) and started when none answers
 #      (needs root; with --optional, a machine where that fails goes on without Docker);
 #   4. the default kernel image, built offline (debootstrap) unless its tag is present;
-#   5. Chromium from Debian, for the browser tests (Playwright drives it: its own download fails).
+#   5. Chromium from Debian, for the browser tests (Playwright drives it: its own download fails),
+#      and Debian's docker-registry, which the image-push tests start on a loopback port.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 optional_docker=0
@@ -52,6 +53,11 @@ if ! command -v chromium >/dev/null 2>&1; then
   else
     say "Chromium is not installed and not root: the browser tests will fail (apt-get install chromium)"
   fi
+fi
+
+if ! command -v docker-registry >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+  say "installing docker-registry from Debian (image push tests)"
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq docker-registry >/dev/null
 fi
 
 docker_answers() { docker info >/dev/null 2>&1; }
