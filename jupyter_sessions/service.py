@@ -278,22 +278,21 @@ class SessionService:
     # --- actions -----------------------------------------------------------------------------
 
     async def create_from_params(self, action: CreateFromParamsAction) -> CreateSessionResult:
-        params, caller = action.params, action.caller
+        params = action.params
+        owner = await self._creating_owner(action)
         if params.reuse_if_exists and params.name:
-            existing = await self.repository.find_active_by_name(caller.access_key, params.name)
+            existing = await self.repository.find_active_by_name(owner, params.name)
             if existing is not None:
                 return CreateSessionResult(existing, created=False)
         image = params.image or self.config.default_image
         self._check_image(image)
         resources = params.resources.merged_over(self.config.default_resources)
         await self._check_resources(resources, params.scaling_group)
-        self._check_policy(
-            await self.accounts.policy_of(caller.access_key), resources, params.cluster_size
-        )
-        depends_on = await self._resolve_dependencies(caller.access_key, params.depends_on)
+        self._check_policy(await self.accounts.policy_of(owner), resources, params.cluster_size)
+        depends_on = await self._resolve_dependencies(owner, params.depends_on)
         new = NewSession(
             name=params.name or f"sess-{secrets.token_hex(4)}",
-            owner_access_key=caller.access_key,
+            owner_access_key=owner,
             image=image,
             type=str(params.type),
             resources=resources.to_json(),
@@ -321,6 +320,18 @@ class SessionService:
             if not params.enqueue_only and params.max_wait_seconds > 0:
                 session = await self._wait_settled(session, events, params.max_wait_seconds)
         return CreateSessionResult(session, created=True)
+
+    async def _creating_owner(self, action: CreateFromParamsAction) -> str:
+        """Whose session this is: the caller's, or (admins only) an existing, active keypair's."""
+        owner = action.params.owner_access_key
+        if not owner or owner == action.caller.access_key:
+            return action.caller.access_key
+        if not action.caller.is_admin:
+            raise PermissionDenied("only admins may create sessions for another access key")
+        keypair = await self.accounts.get_keypair(owner)  # NotFound for an unknown key
+        if keypair.revoked_at is not None:
+            raise InvalidRequest(f"keypair {owner} is revoked", field="owner_access_key")
+        return owner
 
     async def _wait_settled(
         self, session: SessionData, events: asyncio.Queue[Event], timeout: float

@@ -53,7 +53,6 @@ NOT_BUILT_YET = frozenset(
     {
         "preopen_ports",
         "mounts",
-        "owner_access_key",
     }
 )
 MAX_WAIT_SECONDS_CAP = 600.0
@@ -168,6 +167,8 @@ class CreateSessionParams:
     bootstrap_script: str | None = None
     #: Ids or names of the caller's sessions that must end with SUCCESS before this one starts.
     depends_on: tuple[str, ...] = ()
+    #: An admin creates the session for this keypair (its policy applies, it owns the session).
+    owner_access_key: str | None = None
 
     @classmethod
     def from_json(cls, body: Any) -> CreateSessionParams:
@@ -242,6 +243,7 @@ class CreateSessionParams:
             batch_timeout=float(batch_timeout) if batch_timeout is not None else None,
             bootstrap_script=_bootstrap_script(body.get("bootstrap_script")),
             depends_on=_depends_on(body.get("depends_on")),
+            owner_access_key=_optional_str(body, "owner_access_key", 64),
         )
 
 

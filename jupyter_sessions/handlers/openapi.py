@@ -132,8 +132,13 @@ SCHEMAS: dict[str, Any] = {
             "enqueue_only": {"type": "boolean"},
             "max_wait_seconds": {"type": "number", "minimum": 0, "maximum": 600},
             "reuse_if_exists": {"type": "boolean"},
+            "owner_access_key": {
+                "type": "string",
+                "description": "Admins only: create the session for this keypair (its policy "
+                "applies and it owns the session)",
+            },
         },
-        "description": "preopen_ports, mounts and owner_access_key are part of the contract but "
+        "description": "preopen_ports and mounts are part of the contract but "
         "answer 400 until their features land.",
     },
     "ExecuteRequest": {
