@@ -16,9 +16,15 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Generic, Protocol, TypeVar
 
 from .actions.base import Action
+from .agents.registry import AgentService
+from .cluster import ClusterService
 from .errors import SessionsError
+from .files import FileService
+from .kernels.access import KernelAccessService
+from .proxy import ProxyTokens
 from .repository.orm import utcnow
 from .repository.repository import AuditEntry, SessionRepository
+from .services import ServicesConfig, ServicesService
 from .templates import TemplateService
 
 if TYPE_CHECKING:
@@ -152,13 +158,31 @@ class SessionProcessors:
         self.get_dependency_graph = proc(service.get_dependency_graph)
         self.destroy_session = proc(service.destroy_session)
         self.list_images = proc(service.list_images)
-        self.list_agents = proc(service.list_agents)
+        # Agents and scaling groups (agents/registry.py).
+        agents = AgentService.for_service(service)
+        self.list_agents = proc(agents.list_agents)
+        self.register_agent = proc(agents.register_agent)
+        self.remove_agent = proc(agents.remove_agent)
+        self.list_scaling_groups = proc(agents.list_scaling_groups)
+        self.put_scaling_group = proc(agents.put_scaling_group)
+        self.create_cluster = proc(ClusterService(service).create_cluster)
         self.execute = proc(service.execute)
         self.execute_stream = proc(service.execute_stream)
         self.interrupt = proc(service.interrupt)
         self.complete = proc(service.complete)
-        self.get_container_logs = proc(service.get_container_logs)
-        self.get_usage = proc(service.get_usage)
+        # Logs, usage, abuse, commits and images, tasks, events (observability.py).
+        obs = service.observability
+        assert obs is not None, "SessionsApp sets service.observability before the processors"
+        self.get_container_logs = proc(obs.logs.get_container_logs)
+        self.follow_container_logs = proc(obs.logs.follow_container_logs)
+        self.get_usage = proc(obs.get_usage)
+        self.get_abusing_report = proc(obs.abuse.get_abusing_report)
+        self.commit_session = proc(obs.commits.commit_session)
+        self.get_commit_status = proc(obs.commits.get_commit_status)
+        self.convert_session_to_image = proc(obs.commits.convert_session_to_image)
+        self.get_task = proc(obs.tasks.get_task)
+        self.cancel_task = proc(obs.tasks.cancel_task)
+        self.subscribe_events = proc(obs.events.subscribe_events)
         # modify, rename, restart, transit-status and templates (lifecycle-actions task)
         self.modify_session = proc(service.modify_session)
         self.rename_session = proc(service.rename_session)
@@ -171,3 +195,25 @@ class SessionProcessors:
         self.modify_template = proc(templates.modify_template)
         self.delete_template = proc(templates.delete_template)
         self.create_from_template = proc(templates.create_from_template)
+        # Kernel provisioners: a session kernel's connection info, Jupyter kernels on sessions
+        # (kernels/access.py; the app connects it to the server's kernel manager).
+        self.kernel_access = KernelAccessService(service)
+        self.get_kernel_connection = proc(self.kernel_access.get_kernel_connection)
+        self.open_jupyter_kernel = proc(self.kernel_access.open_jupyter_kernel)
+        # Services inside sessions (services.py; the app configures them, else the defaults).
+        services = service.services or ServicesService(service, ProxyTokens(), ServicesConfig())
+        service.services = services
+        self.list_services = proc(services.list_services)
+        self.start_service = proc(services.start_service)
+        self.shutdown_service = proc(services.shutdown_service)
+        self.get_direct_access_info = proc(services.get_direct_access_info)
+        # Files in sessions' work directories (files.py; the app configures it, else defaults).
+        files = service.files or FileService(service)
+        service.files = files
+        self.list_files = proc(files.list_files)
+        self.upload_files = proc(files.upload_files)
+        self.download_file = proc(files.download_file)
+        self.download_files = proc(files.download_files)
+        self.delete_file = proc(files.delete_file)
+        self.move_file = proc(files.move_file)
+        self.make_dir = proc(files.make_dir)

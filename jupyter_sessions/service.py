@@ -16,7 +16,7 @@ from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from decimal import Decimal
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .actions.base import SessionRefAction
 from .actions.execution import (
@@ -25,11 +25,10 @@ from .actions.execution import (
     ExecuteAction,
     ExecuteRequest,
     ExecuteResult,
-    GetContainerLogsAction,
     GetUsageAction,
     InterruptAction,
 )
-from .actions.info import AgentEntry, ImageEntry, ListAgentsAction, ListImagesAction
+from .actions.info import ImageEntry, ListImagesAction
 from .actions.lifecycle import (
     CREATE_FIELDS,
     CheckAndTransitStatusAction,
@@ -51,6 +50,15 @@ from .actions.lifecycle import (
     StatusHistoryResult,
 )
 from .agents.base import Agent, AgentRegistry, ExecProcess, KernelHandle, KernelSpec
+from .cluster import (
+    bring_up_subs,
+    check_cluster,
+    check_sub_kernels,
+    cluster_kernels,
+    kernel_cluster_mode,
+    prepare_cluster,
+    remove_cluster_networks,
+)
 from .errors import (
     AgentUnavailable,
     Conflict,
@@ -76,9 +84,10 @@ from .kernels.runs import (
     RunSnapshot,
     RunStream,
 )
+from .mounts import Mount, MountPolicy, stored_mounts, working_dir_of
 from .repository.accounts import AccountRepository, ResourcePolicyData
 from .repository.orm import utcnow
-from .repository.repository import NewKernel, NewSession, Scope, SessionData, SessionRepository
+from .repository.repository import NewSession, Scope, SessionData, SessionRepository
 from .types import (
     ALIVE_STATUSES,
     TERMINAL_STATUSES,
@@ -87,6 +96,11 @@ from .types import (
     SessionStatus,
     SessionType,
 )
+
+if TYPE_CHECKING:
+    from .files import FileService
+    from .observability import Observability
+    from .services import ServicesService
 
 S = SessionStatus
 #: Statuses that end the wait of a create call that did not ask for ``enqueue_only``.
@@ -117,6 +131,8 @@ class ServiceConfig:
     flush_interval: float = 2.0
     #: Seconds a run may take before it is interrupted (``exec-timeout``); 0 means no limit.
     execute_timeout: float = 0.0
+    #: Who may mount which folders of the content root (None: mounts are refused).
+    mounts: MountPolicy | None = None
 
 
 class SessionService:
@@ -146,9 +162,20 @@ class SessionService:
         #: Last execution (later also service and file) activity per session, for idle timeouts.
         self.last_activity: dict[str, datetime] = {}
         self._wake_scheduler: asyncio.Event | None = None
+        #: Logs kept at teardown, owners' converted images (observability.py; set by the app).
+        self.observability: Observability | None = None
+        #: Services inside sessions and the proxy's targets (services.py; set by the app).
+        self.services: ServicesService | None = None
+        #: Files in sessions' work directories (files.py; set by the app, measured in sweeps).
+        self.files: FileService | None = None
 
     def attach_scheduler_wakeup(self, wakeup: asyncio.Event) -> None:
         self._wake_scheduler = wakeup
+
+    def wake_scheduler(self) -> None:
+        """Ask for a scheduler pass now (an agent or a scaling group changed)."""
+        if self._wake_scheduler is not None:
+            self._wake_scheduler.set()
 
     # --- helpers ---------------------------------------------------------------------------
 
@@ -235,13 +262,7 @@ class SessionService:
                 f"resources exceed the per-session limit on {', '.join(over)}",
                 limit=self.config.max_session_resources.to_json(),
             )
-        largest = await self.agents.largest_capacity(scaling_group)
-        over = resources.exceeding(largest)
-        if over:
-            raise PermissionDenied(
-                f"resources exceed what the largest agent offers on {', '.join(over)}",
-                largest_agent=largest.to_json(),
-            )
+        await self.agents.check_fits(resources, scaling_group)
 
     @staticmethod
     def _check_policy(policy: ResourcePolicyData, resources: ResourceSlot, containers: int) -> None:
@@ -285,11 +306,18 @@ class SessionService:
             if existing is not None:
                 return CreateSessionResult(existing, created=False)
         image = params.image or self.config.default_image
-        self._check_image(image)
+        if self.observability is None or image not in await self.observability.allowed_images(
+            owner
+        ):
+            self._check_image(image)
         resources = params.resources.merged_over(self.config.default_resources)
         await self._check_resources(resources, params.scaling_group)
         self._check_policy(await self.accounts.policy_of(owner), resources, params.cluster_size)
+        await check_cluster(
+            self.agents, resources, params.cluster_mode, params.cluster_size, params.scaling_group
+        )
         depends_on = await self._resolve_dependencies(owner, params.depends_on)
+        mounts = await self._resolve_mounts(params.mounts, owner)
         new = NewSession(
             name=params.name or f"sess-{secrets.token_hex(4)}",
             owner_access_key=owner,
@@ -308,8 +336,10 @@ class SessionService:
                 "startup_command": params.startup_command,
                 "batch_timeout": params.batch_timeout,
                 "bootstrap_script": params.bootstrap_script,
+                "mounts": [m.to_json() for m in mounts],
+                "preopen_ports": list(params.preopen_ports),
             },
-            kernels=(NewKernel("main1", "main", 1),),
+            kernels=cluster_kernels(params.cluster_size),
             restarted_from=action.restarted_from,
             depends_on=depends_on,
         )
@@ -320,6 +350,14 @@ class SessionService:
             if not params.enqueue_only and params.max_wait_seconds > 0:
                 session = await self._wait_settled(session, events, params.max_wait_seconds)
         return CreateSessionResult(session, created=True)
+
+    async def _resolve_mounts(self, requested: tuple[Mount, ...], owner: str) -> tuple[Mount, ...]:
+        """Mounts checked against the content root (mounts.py), off the loop: it reads disks."""
+        if not requested:
+            return ()
+        if self.config.mounts is None:
+            raise InvalidRequest("mounts are not available on this server", field="mounts")
+        return await asyncio.to_thread(self.config.mounts.resolve, requested, owner)
 
     async def _creating_owner(self, action: CreateFromParamsAction) -> str:
         """Whose session this is: the caller's, or (admins only) an existing, active keypair's."""
@@ -404,10 +442,16 @@ class SessionService:
         self, session: SessionData, forced: bool, reason: str
     ) -> DestroySessionResult:
         if session.status in (S.PENDING, S.SCHEDULED):
-            session = await self._transit(
-                session.id, S.CANCELLED, reason, expected={S.PENDING, S.SCHEDULED}
-            )
-            return DestroySessionResult(session, finished=True)
+            try:
+                session = await self._transit(
+                    session.id, S.CANCELLED, reason, expected={S.PENDING, S.SCHEDULED}
+                )
+                return DestroySessionResult(session, finished=True)
+            except InvalidStatus:
+                # The scheduler moved it on (to PREPARING) meanwhile: terminate it instead.
+                session = await self.repository.get(session.id)
+                if session.status in TERMINAL_STATUSES:
+                    return DestroySessionResult(session, finished=True)
         if session.status is not S.TERMINATING:
             session = await self._transit(session.id, S.TERMINATING, reason)
         # A start in flight notices TERMINATING when its container is up and removes it; forced
@@ -439,38 +483,9 @@ class SessionService:
                     labels=labels,
                 )
             )
+        if self.observability is not None:  # the caller's own converted images
+            entries.extend(await self.observability.commits.image_entries(action.caller))
         return entries
-
-    async def list_agents(self, action: ListAgentsAction) -> list[AgentEntry]:
-        await self.refresh_agents()
-        return [
-            AgentEntry(
-                a.id,
-                a.kind,
-                a.url,
-                a.scaling_group,
-                a.status,
-                a.status_info,
-                a.capacity,
-                a.last_seen.isoformat(),
-            )
-            for a in await self.repository.list_agents()
-            if any(a.id == configured.id for configured in self.agents)
-        ]
-
-    async def refresh_agents(self) -> None:
-        """Probe every configured agent and record what it said."""
-        for agent in self.agents:
-            info = await agent.info()
-            await self.repository.upsert_agent(
-                agent.id,
-                kind=agent.kind,
-                url=agent.url,
-                scaling_group=agent.scaling_group,
-                status="ALIVE" if info.reachable else "LOST",
-                status_info=info.detail,
-                capacity=info.capacity.to_json(),
-            )
 
     # --- execution ----------------------------------------------------------------------------
 
@@ -604,23 +619,6 @@ class SessionService:
             )
         return session.id, usages
 
-    async def get_container_logs(self, action: GetContainerLogsAction) -> str:
-        session = await self._resolve(action)
-        kernel = next((k for k in session.kernels if k.name == action.kernel), None)
-        if kernel is None:
-            names = ", ".join(k.name for k in session.kernels)
-            raise NotFound(f"no kernel {action.kernel!r} in this session (it has {names})")
-        text = ""
-        if kernel.agent_id is not None and session.status not in TERMINAL_STATUSES:
-            agent = self.agents.get(kernel.agent_id)
-            ref = kernel.container_id or agent.kernel_ref(session.id, kernel.name)
-            text = await agent.logs(ref, tail=action.tail)
-        stored = str(session.status_data.get("batch", {}).get("output", ""))
-        if not text and stored and kernel.cluster_role == "main":
-            lines = stored.splitlines(keepends=True)
-            text = "".join(lines[-action.tail :] if action.tail else lines)
-        return text
-
     async def interrupt(self, action: InterruptAction) -> None:
         session, channel = await self._channel(action)
         for batch in self._batch_runs(session.id).values():
@@ -709,6 +707,7 @@ class SessionService:
         created = False
         try:
             await prepare()
+            await prepare_cluster(self, session)
             handle = await self._create_kernel(session.id, kernel.name, agent)
             created = True
             await self.repository.set_kernel_placement(
@@ -718,6 +717,7 @@ class SessionService:
                 raise InvalidStatus(f"the session left {phase} while its container started")
             timeout = self.config.deadlines.get(phase, 180.0)
             await self.connections.wait_ready(kernel.id, handle.connection, timeout)
+            await bring_up_subs(self, session.id, agent)
             ready = await self._run_bootstrap(session.id, handle.container_id, agent, phase)
             await self._transit(session.id, S.RUNNING, ready_prefix + ready, expected={phase})
             if session.type == SessionType.BATCH:
@@ -804,6 +804,8 @@ class SessionService:
         session = await self.repository.get(session_id)
         self._batches.pop(session_id, None)
         self.last_activity.pop(session_id, None)
+        if self.observability is not None:  # logs remain after destroy
+            await self.observability.keep_logs(session)
         try:
             agent: Agent | None = None
             for kernel in session.kernels:
@@ -813,6 +815,7 @@ class SessionService:
                 agent = self.agents.get(kernel.agent_id)
                 ref = kernel.container_id or agent.kernel_ref(session.id, kernel.name)
                 await agent.destroy_kernel(ref, forced=forced)
+            await remove_cluster_networks(self, session)
             if agent is not None:
                 await agent.remove_session_storage(session.id)
         except SessionsError as exc:
@@ -832,6 +835,8 @@ class SessionService:
         watched = set(self.config.deadlines) | {S.RUNNING, S.RUNNING_DEGRADED}
         for session in await self.repository.in_statuses(watched):
             await self._recheck(session, now)
+        if self.files is not None:  # storage against quotas, every storage_check_interval
+            await self.files.check_storage()
 
     async def _recheck(self, session: SessionData, now: datetime) -> None:
         """One session as the sweeper sees it (also check_and_transit_status, on demand)."""
@@ -913,6 +918,8 @@ class SessionService:
                     "the kernel's container vanished",
                     expected={session.status},
                 )
+        else:
+            await check_sub_kernels(self, session)
 
     # --- modify, rename, restart, transit-status, bootstrap (lifecycle-actions task) ---------
 
@@ -995,6 +1002,8 @@ class SessionService:
             self.connections.close(kernel.id)
             if kernel.agent_id is not None:
                 ref = kernel.container_id or agent.kernel_ref(session.id, kernel.name)
+                if self.observability is not None:  # the old container's log stays readable
+                    await self.observability.keep_logs(session, restarting=kernel.name)
                 await agent.destroy_kernel(ref)  # the container only: the work volume stays
             await self.repository.set_kernel_placement(kernel.id, agent_id=agent.id)
 
@@ -1067,7 +1076,15 @@ class SessionService:
             resources=ResourceSlot({k: Decimal(str(v)) for k, v in session.resources.items()}),
             environ=session.params.get("environ", {}),
             key=secrets.token_hex(32),
+            mounts=stored_mounts(session.params),
+            working_dir=working_dir_of(stored_mounts(session.params)),
+            cluster=kernel_cluster_mode(session),
+            publish_ports=self.services.publish_ports(session) if self.services else (),
         )
+        if spec.mounts:
+            if self.config.mounts is None:
+                raise InvalidRequest("mounts are not available on this server", field="mounts")
+            await asyncio.to_thread(self.config.mounts.recheck, spec.mounts)
         return await agent.create_kernel(spec)
 
     async def _run_bootstrap(

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Idempotent set-up shared by scripts/run.sh and scripts/test.sh:
-#   1. a virtualenv (.venv) with jupyter_sessions installed editable, with its test and dev tools;
+#   1. a virtualenv (.venv) with jupyter_sessions installed editable, with its test and dev tools
+#      (the install builds the JupyterLab panel with Node, installed from Debian if missing);
 #   2. PostgreSQL's server binaries from Debian (postgresql), for the tests' second store: the
 #      tests start and stop their own server, so no cluster is created or started here;
 #   3. a Docker engine: installed from Debian (docker.io) and started when none answers
@@ -20,8 +21,18 @@ if [ ! -x .venv/bin/python ]; then
   say "creating .venv"
   "$PY" -m venv .venv
 fi
+# The editable install builds the JupyterLab panel (labextension/, TypeScript) with Node.
+if ! command -v node >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+  say "installing Node.js from Debian (builds the JupyterLab panel)"
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs npm >/dev/null
+fi
+panel_stale() {
+  [ ! -f jupyter_sessions/labextension/static/style.js ] || [ -n "$(find labextension/src \
+    labextension/style labextension/schema labextension/package.json -newer .venv/.installed \
+    -print -quit 2>/dev/null)" ]
+}
 if ! .venv/bin/python -c "import jupyter_sessions, psycopg, pytest_jupyter, ruff, mypy, jupyterlab" 2>/dev/null \
-   || [ pyproject.toml -nt .venv/.installed ]; then
+   || [ pyproject.toml -nt .venv/.installed ] || panel_stale; then
   say "installing jupyter_sessions and its dev tools into .venv"
   .venv/bin/python -m pip install -q --disable-pip-version-check -U pip
   .venv/bin/python -m pip install -q --disable-pip-version-check -e ".[dev]"

@@ -76,7 +76,7 @@ async def test_openapi_describes_every_route_and_method(api: Api) -> None:
         ({"colour": "blue"}, 400, "colour"),
         ({"mounts": ["/etc"]}, 400, "mounts"),
         ({"depends_on": ["x"]}, 400, "depends_on"),
-        ({"cluster_size": 3}, 400, "cluster_size"),
+        ({"cluster_size": 0}, 400, "cluster_size"),
         ({"type": "batch"}, 400, "batch"),
         ({"type": "weird"}, 400, "type"),
         ({"max_wait_seconds": -1}, 400, "max_wait_seconds"),

@@ -15,6 +15,7 @@ import pytest
 from jupyter_server.auth.authorizer import Authorizer
 from jupyter_server.auth.identity import IdentityProvider, User
 from tornado.httpclient import HTTPClientError
+from tornado.simple_httpclient import HTTPTimeoutError
 from tornado.websocket import WebSocketHandler
 
 from jupyter_sessions.errors import Conflict, InvalidRequest, NotFound
@@ -588,7 +589,14 @@ async def probe_http(
         kwargs["body"] = json.dumps(body)
     if method == "DELETE":
         kwargs["allow_nonstandard_methods"] = True
-    response = await jp_fetch("jupyter-sessions", "api", *path.strip("/").split("/"), **kwargs)
+    status_lines: list[str] = []
+    kwargs["header_callback"] = lambda line: status_lines.append(line) if not status_lines else None
+    try:
+        response = await jp_fetch("jupyter-sessions", "api", *path.strip("/").split("/"), **kwargs)
+    except HTTPTimeoutError:
+        # A stream that stays open (the SSE route `events`): its status line and what it sent
+        # so far are its answer.
+        return int(status_lines[0].split()[1]), b"".join(chunks).decode(errors="replace")
     return response.code, b"".join(chunks).decode(errors="replace")
 
 

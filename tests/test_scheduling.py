@@ -377,8 +377,7 @@ async def test_per_session_limits_answer_403_and_the_pending_limit_429(
     )
     assert big.code == 403, big.body
     assert "max_session_resources" in big.body["message"] and "cpu" in big.body["message"]
-    # The REST layer refuses cluster_size > 1 until clusters land (400), so the policy's
-    # max_containers_per_session is checked through the service itself.
+    # The policy's max_containers_per_session, checked through the service itself.
     access_key = headers["Authorization"].split()[1].split(":")[0]
     caller = Caller(access_key, "dora", False)
     params = CreateSessionParams(

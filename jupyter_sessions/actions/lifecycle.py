@@ -12,7 +12,9 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from ..errors import InvalidRequest
+from ..mounts import Mount, parse_mounts
 from ..repository.repository import HistoryEntry, SessionData
+from ..services import parse_preopen_ports
 from ..types import (
     ClusterMode,
     ResourceSlot,
@@ -22,6 +24,7 @@ from ..types import (
     parse_enum,
     validate_session_name,
 )
+from .agents import GROUP_NAME
 from .base import Action, SessionRefAction
 
 #: Every field the REST contract names for ``POST sessions``.
@@ -49,13 +52,10 @@ CREATE_FIELDS = frozenset(
     }
 )
 #: Fields of the contract whose feature has not landed yet: refused by name, never ignored.
-NOT_BUILT_YET = frozenset(
-    {
-        "preopen_ports",
-        "mounts",
-    }
-)
+NOT_BUILT_YET: frozenset[str] = frozenset()
 MAX_WAIT_SECONDS_CAP = 600.0
+#: Most containers one session may have (a policy's max_containers_per_session may lower it).
+MAX_CLUSTER_SIZE = 32
 #: Largest bootstrap_script, in UTF-8 bytes (it travels as one argv item to ``sh -c``).
 MAX_BOOTSTRAP_BYTES = 64 * 1024
 
@@ -167,8 +167,12 @@ class CreateSessionParams:
     bootstrap_script: str | None = None
     #: Ids or names of the caller's sessions that must end with SUCCESS before this one starts.
     depends_on: tuple[str, ...] = ()
+    #: Folders of the server's content root bound into the container (mounts.py).
+    mounts: tuple[Mount, ...] = ()
     #: An admin creates the session for this keypair (its policy applies, it owns the session).
     owner_access_key: str | None = None
+    #: Ports the proxy may reach from the start (services ``port-<n>``; services.py).
+    preopen_ports: tuple[int, ...] = ()
 
     @classmethod
     def from_json(cls, body: Any) -> CreateSessionParams:
@@ -205,11 +209,18 @@ class CreateSessionParams:
             ClusterMode, body.get("cluster_mode", "single-node"), "cluster_mode"
         )
         cluster_size = body.get("cluster_size", 1)
-        if not isinstance(cluster_size, int) or isinstance(cluster_size, bool) or cluster_size < 1:
-            raise InvalidRequest("cluster_size must be a positive integer", field="cluster_size")
-        if cluster_size != 1 or cluster_mode is not ClusterMode.SINGLE_NODE:
+        if (
+            not isinstance(cluster_size, int)
+            or isinstance(cluster_size, bool)
+            or not 1 <= cluster_size <= MAX_CLUSTER_SIZE
+        ):
             raise InvalidRequest(
-                "clusters are not supported yet: cluster_size must be 1", field="cluster_size"
+                f"cluster_size must be an integer from 1 to {MAX_CLUSTER_SIZE}",
+                field="cluster_size",
+            )
+        if cluster_size == 1 and cluster_mode is not ClusterMode.SINGLE_NODE:
+            raise InvalidRequest(
+                "cluster_mode multi-node needs cluster_size of at least 2", field="cluster_mode"
             )
         max_wait = body.get("max_wait_seconds", 30)
         if (
@@ -222,9 +233,10 @@ class CreateSessionParams:
                 field="max_wait_seconds",
             )
         scaling_group = body.get("scaling_group") or "default"
-        if scaling_group != "default":
+        if not isinstance(scaling_group, str) or not GROUP_NAME.match(scaling_group):
             raise InvalidRequest(
-                "only the scaling group 'default' exists yet", field="scaling_group"
+                "scaling_group must be a name of 1-64 letters, digits, '.', '_' or '-'",
+                field="scaling_group",
             )
         return cls(
             name=name,
@@ -243,7 +255,9 @@ class CreateSessionParams:
             batch_timeout=float(batch_timeout) if batch_timeout is not None else None,
             bootstrap_script=_bootstrap_script(body.get("bootstrap_script")),
             depends_on=_depends_on(body.get("depends_on")),
+            mounts=parse_mounts(body.get("mounts")),
             owner_access_key=_optional_str(body, "owner_access_key", 64),
+            preopen_ports=parse_preopen_ports(body.get("preopen_ports")),
         )
 
 

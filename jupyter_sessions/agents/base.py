@@ -9,12 +9,13 @@ from __future__ import annotations
 import abc
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Iterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
 
-from ..errors import AgentUnavailable, NotFound
+from ..errors import AgentUnavailable, InvalidRequest, NotFound, PermissionDenied
+from ..mounts import Mount
 from ..types import ResourceSlot
 
 #: Labels on every container and volume, so a restarted manager finds its own (and only its own).
@@ -34,6 +35,16 @@ class KernelSpec:
     environ: Mapping[str, str] = field(default_factory=dict)
     #: The per-session key that signs ZMQ messages between the manager and the kernel.
     key: str = ""
+    #: Host folders bound into the container (resolved and checked: mounts.py).
+    mounts: tuple[Mount, ...] = ()
+    #: Where the kernel starts instead of the work directory (inside a mount), if set.
+    working_dir: str | None = None
+    #: A cluster's kernel: "single-node" or "multi-node" (its own network, reachable by its
+    #: kernel name: cluster.py); "" for a single-container session.
+    cluster: str = ""
+    #: Ports published on the agent's address for direct access (preopened ports, when the
+    #: admin allows it: services.py); the proxy never needs them.
+    publish_ports: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -127,6 +138,18 @@ class Agent(abc.ABC):
         self.id = agent_id
         self.scaling_group = scaling_group
         self.url = url
+        #: Held back from what the engine reports, for the host's own needs (agents/registry.py).
+        self.reserve = ResourceSlot({})
+
+    def after_reserve(self, info: AgentInfo) -> AgentInfo:
+        """``info`` with the reserve taken off its capacity (never below zero)."""
+        if not self.reserve.amounts:
+            return info
+        capacity = {
+            slot: max(Decimal(0), amount - self.reserve.get(slot))
+            for slot, amount in info.capacity.amounts.items()
+        }
+        return AgentInfo(info.reachable, ResourceSlot(capacity), info.detail, info.version)
 
     @abc.abstractmethod
     async def info(self) -> AgentInfo:
@@ -176,6 +199,15 @@ class Agent(abc.ABC):
         """Run ``argv`` (never through a shell of ours) in the kernel's work directory, as the
         kernel's user, in a process group of its own so it can be signalled as a whole."""
 
+    async def service_endpoint(self, container_ref: str, port: int) -> tuple[str, int]:
+        """Where the manager reaches a service of the kernel that listens on ``port`` (the
+        service proxy's only targets; see services.py). An agent may pick another port."""
+        raise InvalidRequest(f"agents of kind {self.kind!r} do not run services")
+
+    async def published_ports(self, container_ref: str) -> dict[int, tuple[str, int]]:
+        """Ports of the kernel published on the agent's host: {port: (host, host port)}."""
+        return {}
+
     # --- reconciliation at start-up (reconcile.py) ----------------------------------------
 
     #: Whether kernels keep running while the server is down (Docker) or die with it (local).
@@ -192,6 +224,30 @@ class Agent(abc.ABC):
         """Ids of the sessions whose work storage of this installation exists on the agent."""
         return []
 
+    # --- files (files.py; agents/local_files.py does the work on every agent) -------------
+
+    async def file_op(
+        self, session_id: str, container_ref: str, op: str, args: dict[str, Any]
+    ) -> Any:
+        """One file operation with a JSON answer: list, stat, check, mkdir, delete, move, usage."""
+        raise InvalidRequest(f"file operations are not available on {self.kind} agents")
+
+    def file_stream(
+        self, session_id: str, container_ref: str, op: str, args: dict[str, Any]
+    ) -> AsyncIterator[bytes]:
+        """The bytes of a ``read`` or an ``archive``, as they are produced."""
+        raise InvalidRequest(f"file downloads are not available on {self.kind} agents")
+
+    async def file_upload(
+        self,
+        session_id: str,
+        container_ref: str,
+        args: dict[str, Any],
+        events: AsyncIterator[tuple[str, Any]],
+    ) -> Any:
+        """Write an upload's events; commit when they end, remove everything when they raise."""
+        raise InvalidRequest(f"file uploads are not available on {self.kind} agents")
+
     async def close(self) -> None:  # noqa: B027 - optional hook, most agents hold nothing
         """Release clients and connections."""
 
@@ -202,6 +258,8 @@ class AgentRegistry:
     def __init__(self, agents: list[Agent], log: logging.Logger | None = None) -> None:
         self._agents = {a.id: a for a in agents}
         self.log = log or logging.getLogger(__name__)
+        #: Scaling groups sessions may name: "default", those of agents, those made by admins.
+        self.groups: set[str] = {"default", *(a.scaling_group for a in agents)}
 
     def __iter__(self) -> Iterator[Agent]:
         return iter(self._agents.values())
@@ -211,6 +269,14 @@ class AgentRegistry:
 
     def add(self, agent: Agent) -> None:
         self._agents[agent.id] = agent
+        self.groups.add(agent.scaling_group)
+
+    def remove(self, agent_id: str) -> Agent:
+        """Take an agent out (admin API); the caller closes it."""
+        try:
+            return self._agents.pop(agent_id)
+        except KeyError:
+            raise NotFound(f"no agent {agent_id!r}") from None
 
     def get(self, agent_id: str) -> Agent:
         try:
@@ -226,8 +292,32 @@ class AgentRegistry:
                 continue
             info = await agent.info()
             if info.reachable:
-                found.append((agent, info))
+                found.append((agent, agent.after_reserve(info)))
         return found
+
+    async def check_fits(self, wanted: ResourceSlot, scaling_group: str = "default") -> None:
+        """Refuse (403) what no single reachable agent of the group could ever hold, naming the
+        largest agent; 503 when none answers."""
+        if scaling_group not in self.groups:
+            raise InvalidRequest(f"no scaling group {scaling_group!r}", field="scaling_group")
+        found = await self.reachable(scaling_group)
+        if not found:
+            raise AgentUnavailable(f"no agent of scaling group {scaling_group!r} is reachable")
+        if any(not wanted.exceeding(info.capacity) for _agent, info in found):
+            return
+
+        def size(item: tuple[Agent, AgentInfo]) -> tuple[Decimal, ...]:
+            return tuple(item[1].capacity.get(s) for s in sorted(wanted.amounts))
+
+        agent, info = max(found, key=size)
+        over = wanted.exceeding(info.capacity)
+        shown = ", ".join(f"{info.capacity.get(s).normalize():f} {s}" for s in over)
+        raise PermissionDenied(
+            f"resources exceed what the largest agent offers on {', '.join(over)}: agent "
+            f"{agent.id} of scaling group {scaling_group!r} has {shown}",
+            largest_agent=agent.id,
+            capacity=info.capacity.to_json(),
+        )
 
     async def largest_capacity(self, scaling_group: str = "default") -> ResourceSlot:
         """Slot by slot, the most any single reachable agent of the group offers."""

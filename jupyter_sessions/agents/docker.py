@@ -22,7 +22,7 @@ import tarfile
 import threading
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from decimal import Decimal
 from pathlib import Path
 from typing import Any, TypeVar
@@ -34,7 +34,9 @@ import requests.exceptions
 from docker.models.containers import Container
 
 from ..errors import AgentError, AgentUnavailable, InvalidRequest
+from ..mounts import docker_mounts
 from ..types import ResourceSlot
+from . import docker_files, local_files
 from .base import (
     LABEL_INSTALLATION,
     LABEL_KERNEL,
@@ -47,6 +49,7 @@ from .base import (
     KernelListing,
     KernelSpec,
 )
+from .docker_cluster import ensure_cluster_network
 
 T = TypeVar("T")
 
@@ -165,8 +168,24 @@ class DockerAgent(Agent):
 
     def _docker(self) -> docker.DockerClient:
         if self._client is None:
-            self._client = docker.DockerClient(base_url=self.url, timeout=int(self.timeout))
+            try:
+                self._client = docker.DockerClient(base_url=self.url, timeout=int(self.timeout))
+            except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
+                # The client asks the engine its version at once: an engine that is down (a
+                # LOST agent) must be a 503 for its sessions, not an error of the whole sweep.
+                raise AgentUnavailable(
+                    f"Docker engine of agent {self.id} unreachable: {exc}"
+                ) from None
         return self._client
+
+    def client(self) -> docker.DockerClient:
+        """The SDK client, for work kept in modules of its own (docker_logs, docker_commit);
+        blocking: call it from threads only."""
+        return self._docker()
+
+    async def call(self, func: Callable[[], T], what: str) -> T:
+        """``_call`` for those modules: a blocking SDK call in a thread, errors mapped."""
+        return await self._call(func, what)
 
     async def _call(self, func: Callable[[], T], what: str) -> T:
         """Run a blocking SDK call in a thread and map engine failures by status code.
@@ -249,7 +268,12 @@ class DockerAgent(Agent):
 
     async def create_kernel(self, spec: KernelSpec) -> KernelHandle:
         client = self._docker()
-        network = await self._ensure_network()
+        binds = docker_mounts(spec.mounts, self.id, self.url)  # local engines only
+        if spec.cluster:  # a network of the cluster's own (agents/docker_cluster.py)
+            overlay = spec.cluster == "multi-node"
+            network = await ensure_cluster_network(self, spec.session_id, overlay=overlay)
+        else:
+            network = await self._ensure_network()
         labels = {
             LABEL_INSTALLATION: self.installation_id,
             LABEL_SESSION: spec.session_id,
@@ -274,10 +298,20 @@ class DockerAgent(Agent):
                 labels=labels,
                 environment=dict(spec.environ),
                 user=self.container_user,
-                working_dir="/home/work",
+                working_dir=spec.working_dir or "/home/work",
                 volumes={volume.name: {"bind": "/home/work", "mode": "rw"}},
-                ports={f"{p}/tcp": (self.publish_ip, None) for p in KERNEL_PORTS.values()},
+                mounts=binds or None,
+                ports={
+                    f"{p}/tcp": (self.publish_ip, None)
+                    for p in (*KERNEL_PORTS.values(), *spec.publish_ports)
+                },
                 network=network,
+                hostname=spec.kernel_name if spec.cluster else None,
+                networking_config=(
+                    {network: client.api.create_endpoint_config(aliases=[spec.kernel_name])}
+                    if spec.cluster
+                    else None
+                ),
                 init=True,
                 cap_drop=["ALL"],
                 cap_add=self.cap_add or None,
@@ -415,6 +449,13 @@ class DockerAgent(Agent):
                 "mem_bytes": int(memory.get("usage", 0)),
                 "mem_limit": int(memory["limit"]) if memory.get("limit") else None,
                 "pids": int((stats.get("pids_stats") or {}).get("current", 0)),
+                # Bytes through the container's interfaces so far (usage.py samples these).
+                "net_rx_bytes": sum(
+                    int(n.get("rx_bytes", 0)) for n in (stats.get("networks") or {}).values()
+                ),
+                "net_tx_bytes": sum(
+                    int(n.get("tx_bytes", 0)) for n in (stats.get("networks") or {}).values()
+                ),
             }
 
         return await self._call(read, "read container usage")
@@ -431,6 +472,27 @@ class DockerAgent(Agent):
             return raw.decode("utf-8", "replace")
 
         return await self._call(read, "read container logs")
+
+    async def service_endpoint(self, container_ref: str, port: int) -> tuple[str, int]:
+        """The container's bridge address and the port itself (agents/docker_services.py)."""
+        from .docker_services import check_local_engine, container_address
+
+        check_local_engine(self.kernel_host)
+        client, network = self._docker(), self.network_name
+        host = await self._call(
+            lambda: container_address(client, container_ref, network), "inspect the container"
+        )
+        return host, port
+
+    async def published_ports(self, container_ref: str) -> dict[int, tuple[str, int]]:
+        """Preopened ports published for direct access (agents/docker_services.py)."""
+        from .docker_services import published_ports
+
+        client, skip = self._docker(), set(KERNEL_PORTS.values())
+        found = await self._call(
+            lambda: published_ports(client, container_ref, skip), "inspect the container"
+        )
+        return {port: (self.kernel_host, host_port) for port, host_port in found.items()}
 
     async def exec(
         self, container_ref: str, argv: list[str], *, environ: Mapping[str, str] | None = None
@@ -679,6 +741,42 @@ class DockerAgent(Agent):
 
     def _host_ports_note(self) -> str:
         return f"; {self.host_ports_status}" if self.host_ports_status else ""
+
+    # --- files: the helper runs in the container as its user (agents/docker_files.py) -------
+
+    async def file_op(
+        self, session_id: str, container_ref: str, op: str, args: dict[str, Any]
+    ) -> Any:
+        client, user = self._docker(), self.container_user
+        return await self._call(
+            lambda: docker_files.run_op(client, container_ref, user, op, args), f"files: {op}"
+        )
+
+    def file_stream(
+        self, session_id: str, container_ref: str, op: str, args: dict[str, Any]
+    ) -> AsyncIterator[bytes]:
+        if op == "read":  # the engine's archive API, as docker cp (args["path"] is resolved)
+            producer = docker_files.archive_read(
+                self._docker(), container_ref, args["path"], args["offset"], args["length"]
+            )
+        else:
+            producer = docker_files.stream_op(
+                self._docker(), container_ref, self.container_user, op, args
+            )
+        return local_files.stream_from_thread(producer)
+
+    async def file_upload(
+        self,
+        session_id: str,
+        container_ref: str,
+        args: dict[str, Any],
+        events: AsyncIterator[tuple[str, Any]],
+    ) -> Any:
+        client, user, loop = self._docker(), self.container_user, asyncio.get_running_loop()
+        pulled = local_files.pull_from_loop(events, loop)
+        return await self._call(
+            lambda: docker_files.upload(client, container_ref, user, args, pulled), "upload files"
+        )
 
     async def close(self) -> None:
         if self._client is not None:

@@ -54,14 +54,16 @@ import stat
 import subprocess
 import sys
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 from ..errors import AgentError, AgentUnavailable, InvalidRequest, InvalidStatus
+from ..mounts import local_working_dir
 from ..types import ResourceSlot
+from . import local_files
 from .base import Agent, AgentInfo, ExecProcess, ImageInfo, KernelHandle, KernelSpec
 
 #: The one pseudo-image of this agent: the server's own Python environment.
@@ -421,7 +423,8 @@ class LocalAgent(Agent):
             os.write(log_fd, f"--- kernel {spec.kernel_name} starting at {started}\n".encode())
             return subprocess.Popen(  # an argv list, never a shell
                 launcher,
-                cwd=work,
+                # A mount's working_dir (mounts.py): the host folder itself, no container here.
+                cwd=local_working_dir(spec.mounts, self.id) or work,
                 env=env,
                 stdin=subprocess.DEVNULL,
                 stdout=log_fd,
@@ -500,6 +503,14 @@ class LocalAgent(Agent):
             return "".join(text.splitlines(keepends=True)[-tail:]) if tail else text
 
         return await asyncio.to_thread(read)
+
+    async def service_endpoint(self, container_ref: str, port: int) -> tuple[str, int]:
+        """A free loopback port of its own: local services share the host's ports, so the
+        declared one may be taken (the service's ``{port}`` is this one)."""
+        kernel = self._find(container_ref)
+        if kernel is None or kernel.proc is None or not _running(kernel.proc):
+            raise InvalidStatus(f"agent {self.id}: no running kernel {container_ref!r}")
+        return "127.0.0.1", _free_ports(1, self._used_ports())[0]
 
     async def exec(
         self, container_ref: str, argv: list[str], *, environ: Mapping[str, str] | None = None
@@ -610,6 +621,35 @@ class LocalAgent(Agent):
             raise AgentError(
                 f"agent {self.id}: could not remove the storage of session {session_id}: {exc}"
             ) from None
+
+    # --- files: plain files under the work directory, walked with openat (local_files.py) ----
+
+    async def file_op(
+        self, session_id: str, container_ref: str, op: str, args: dict[str, Any]
+    ) -> Any:
+        root = str(self.work_dir(session_id))
+        return await asyncio.to_thread(local_files.in_process, local_files.answer, root, op, args)
+
+    def file_stream(
+        self, session_id: str, container_ref: str, op: str, args: dict[str, Any]
+    ) -> AsyncIterator[bytes]:
+        root = str(self.work_dir(session_id))
+        return local_files.stream_from_thread(
+            lambda sink: local_files.in_process(local_files.produce, root, op, args, sink)
+        )
+
+    async def file_upload(
+        self,
+        session_id: str,
+        container_ref: str,
+        args: dict[str, Any],
+        events: AsyncIterator[tuple[str, Any]],
+    ) -> Any:
+        root, loop = str(self.work_dir(session_id)), asyncio.get_running_loop()
+        pulled = local_files.pull_from_loop(events, loop)
+        return await asyncio.to_thread(
+            local_files.in_process, local_files.receive, root, args, pulled
+        )
 
     async def close(self) -> None:
         """Kill every kernel this agent started: local kernels die with the server."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+from collections.abc import AsyncIterator
 from typing import Any, ClassVar
 
 from jupyter_server.auth.decorator import authorized
@@ -16,6 +17,7 @@ from jupyter_server.base.handlers import JupyterHandler
 from jupyter_server.base.websocket import WebSocketMixin
 from jupyter_server.extension.handler import ExtensionHandlerMixin
 from tornado import web
+from tornado.iostream import StreamClosedError
 from tornado.websocket import WebSocketClosedError, WebSocketHandler
 
 from ..actions.execution import (
@@ -27,6 +29,7 @@ from ..actions.execution import (
     GetUsageAction,
     InterruptAction,
 )
+from ..actions.observability import FollowLogsAction
 from ..errors import InvalidRequest, PermissionDenied, SessionsError, Unauthenticated
 from ..kernels.runs import EXEC_TIMEOUT, FINISHED, WAITING_INPUT, RunSnapshot, RunStream
 from ..serialize import iso
@@ -180,10 +183,13 @@ class CompleteHandler(SessionsAPIHandler):
 
 
 class LogsHandler(SessionsAPIHandler):
+    """A kernel's output as text; ``follow`` streams it live (chunked, flushed per batch of
+    lines) until the kernel ends or the client leaves. Kept after destroy (logstore.py)."""
+
     openapi = {
         "get": {
             "operationId": "get_container_logs",
-            "summary": "A kernel's own output as text (an ended batch session: its command's)",
+            "summary": "A kernel's own output as text; follow streams it live",
             "parameters": [
                 REF_PARAM,
                 OWNER_PARAM,
@@ -194,6 +200,12 @@ class LogsHandler(SessionsAPIHandler):
                     "schema": {"type": "integer", "minimum": 1},
                     "description": "Only the last lines",
                 },
+                {
+                    "name": "follow",
+                    "in": "query",
+                    "schema": {"type": "boolean", "default": False},
+                    "description": "Keep the response open and stream new output as it comes",
+                },
             ],
             "responses": {
                 "200": {"description": "The log", "content": {"text/plain": {}}},
@@ -203,27 +215,57 @@ class LogsHandler(SessionsAPIHandler):
         },
     }
 
+    _follow: asyncio.Task[None] | None = None
+
     @web.authenticated
     @authorized
     async def get(self, ref: str) -> None:
-        tail = self.int_arg("tail", 0, minimum=0, maximum=1_000_000)
-        action = GetContainerLogsAction(
-            caller=self.caller,
-            ref=ref,
-            owner_access_key=self.acting_for,
-            kernel=self.get_query_argument("kernel", "main1") or "main1",
-            tail=tail or None,
-        )
+        what: dict[str, Any] = {
+            "caller": self.caller,
+            "ref": ref,
+            "owner_access_key": self.acting_for,
+            "kernel": self.get_query_argument("kernel", "main1") or "main1",
+            "tail": self.int_arg("tail", 0, minimum=0, maximum=1_000_000) or None,
+        }
+        if self.bool_arg("follow"):
+            follow = FollowLogsAction(**what)
+            chunks = await self.processors.follow_container_logs.wait_for_complete(follow)
+            self.set_header("Content-Type", "text/plain; charset=UTF-8")
+            self.set_header("Cache-Control", "no-cache")
+            self.set_header("X-Accel-Buffering", "no")
+            _nodelay(self)
+            self._follow = asyncio.get_running_loop().create_task(self._stream(chunks))
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._follow
+            if not self.request.connection.stream.closed():
+                self.finish()
+            return
+        action = GetContainerLogsAction(**what)
         text = await self.processors.get_container_logs.wait_for_complete(action)
         self.set_header("Content-Type", "text/plain; charset=UTF-8")
         self.finish(text)
+
+    async def _stream(self, chunks: AsyncIterator[str]) -> None:
+        try:
+            await self.flush()  # the headers: the client knows the stream is open
+            async for text in chunks:
+                self.write(text)
+                await self.flush()
+        except StreamClosedError:
+            return
+        finally:
+            await chunks.aclose()  # type: ignore[attr-defined]
+
+    def on_connection_close(self) -> None:
+        if self._follow is not None:
+            self._follow.cancel()
 
 
 class UsageHandler(SessionsAPIHandler):
     openapi = {
         "get": {
             "operationId": "get_usage",
-            "summary": "What each kernel uses now: CPU seconds so far, memory, processes",
+            "summary": "What each kernel uses now, and the sampled series of the main kernel",
             "parameters": [REF_PARAM, OWNER_PARAM],
             "responses": {
                 "200": _json(
@@ -231,6 +273,10 @@ class UsageHandler(SessionsAPIHandler):
                         "type": "object",
                         "properties": {
                             "session_id": {"type": "string"},
+                            "interval": {
+                                "type": "number",
+                                "description": "Seconds between samples",
+                            },
                             "kernels": {
                                 "type": "array",
                                 "items": {
@@ -246,14 +292,33 @@ class UsageHandler(SessionsAPIHandler):
                                                 "mem_bytes": {"type": "integer"},
                                                 "mem_limit": {"type": ["integer", "null"]},
                                                 "pids": {"type": "integer"},
+                                                "net_rx_bytes": {"type": "integer"},
+                                                "net_tx_bytes": {"type": "integer"},
                                             },
                                         },
                                     },
                                 },
                             },
+                            "series": {
+                                "type": "array",
+                                "items": {
+                                    "type": "object",
+                                    "properties": {
+                                        "at": {"type": "string", "format": "date-time"},
+                                        "cpu_seconds": {"type": "number"},
+                                        "cpu_percent": {"type": ["number", "null"]},
+                                        "mem_bytes": {"type": "integer"},
+                                        "mem_limit": {"type": ["integer", "null"]},
+                                        "pids": {"type": "integer"},
+                                        "net_rx_bytes": {"type": ["integer", "null"]},
+                                        "net_tx_bytes": {"type": ["integer", "null"]},
+                                        "disk_bytes": {"type": ["integer", "null"]},
+                                    },
+                                },
+                            },
                         },
                     },
-                    "Usage per kernel",
+                    "Usage per kernel and the main kernel's recent series",
                 ),
                 **ERRORS,
                 **MORE_ERRORS,
@@ -269,11 +334,11 @@ class UsageHandler(SessionsAPIHandler):
             ref=ref,
             owner_access_key=self.acting_for,
         )
-        session_id, kernels = await self.processors.get_usage.wait_for_complete(action)
+        usage = await self.processors.get_usage.wait_for_complete(action)
         self.write_json(
             {
-                "session_id": session_id,
-                "kernels": [{**k, "measured_at": iso(k["measured_at"])} for k in kernels],
+                **usage,
+                "kernels": [{**k, "measured_at": iso(k["measured_at"])} for k in usage["kernels"]],
             }
         )
 

@@ -1,12 +1,12 @@
-"""Catalog routes: the images sessions may use, and the agents they run on."""
+"""Catalog routes: the images sessions may use (agents: handlers/admin_agents.py)."""
 
 from __future__ import annotations
 
 from jupyter_server.auth.decorator import authorized
 from tornado import web
 
-from ..actions.info import ListAgentsAction, ListImagesAction
-from ..serialize import agent_json, image_json
+from ..actions.info import ListImagesAction
+from ..serialize import image_json
 from .base import SessionsAPIHandler
 
 ERRORS = {
@@ -50,41 +50,3 @@ class ImagesHandler(SessionsAPIHandler):
             ListImagesAction(caller=self.caller)
         )
         self.write_json({"images": [image_json(i) for i in images], "total": len(images)})
-
-
-class AgentsHandler(SessionsAPIHandler):
-    auth_resource = "jupyter_sessions:admin"
-    openapi = {
-        "get": {
-            "operationId": "list_agents",
-            "summary": "The configured agents, probed now: reachable or not, and their capacity",
-            "responses": {
-                "200": {
-                    "description": "Agents",
-                    "content": {
-                        "application/json": {
-                            "schema": {
-                                "type": "object",
-                                "properties": {
-                                    "agents": {
-                                        "type": "array",
-                                        "items": {"$ref": "#/components/schemas/Agent"},
-                                    },
-                                    "total": {"type": "integer"},
-                                },
-                            }
-                        }
-                    },
-                },
-                **ERRORS,
-            },
-        },
-    }
-
-    @web.authenticated
-    @authorized
-    async def get(self) -> None:
-        agents = await self.processors.list_agents.wait_for_complete(
-            ListAgentsAction(caller=self.caller)
-        )
-        self.write_json({"agents": [agent_json(a) for a in agents], "total": len(agents)})

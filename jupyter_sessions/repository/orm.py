@@ -107,6 +107,21 @@ class AgentRow(Base):
     capacity: Mapped[dict[str, Any]] = mapped_column(default=dict)
     first_seen: Mapped[datetime] = mapped_column(default=utcnow)
     last_seen: Mapped[datetime] = mapped_column(default=utcnow)
+    #: Registered through the admin API (kept across restarts), not from configuration.
+    registered: Mapped[bool] = mapped_column(Boolean, default=False)
+    #: How to reach it when registered: url, kernel_host, host_firewall, reserve (registry.py).
+    spec: Mapped[dict[str, Any]] = mapped_column(default=dict)
+
+
+class ScalingGroupRow(Base):
+    """A set of agents with its scheduling policy (scheduler.py): ordering and placement."""
+
+    __tablename__ = "scaling_groups"
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    description: Mapped[str] = mapped_column(Text, default="")
+    ordering: Mapped[str] = mapped_column(String(16), default="fifo")
+    placement: Mapped[str] = mapped_column(String(16), default="concentrated")
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
 class SessionRow(Base):
@@ -240,3 +255,31 @@ class BackgroundTaskRow(Base):
     error: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class KernelLogRow(Base):
+    """The tail of a kernel's own output, kept at teardown so logs remain after destroy."""
+
+    __tablename__ = "kernel_logs"
+    session_id: Mapped[str] = mapped_column(
+        ForeignKey("sessions.id", ondelete="CASCADE"), primary_key=True
+    )
+    kernel: Mapped[str] = mapped_column(String(16), primary_key=True)
+    text: Mapped[str] = mapped_column(Text, default="")
+    #: Bytes of older output left out (only the last ``kept_log_bytes`` are kept).
+    dropped_bytes: Mapped[int] = mapped_column(Integer, default=0)
+    saved_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class UserImageRow(Base):
+    """An image converted from a session: its owner's alone (allowed to them, counted against
+    their policy's ``max_images``); a name is never given to a second owner."""
+
+    __tablename__ = "user_images"
+    name: Mapped[str] = mapped_column(String(255), primary_key=True)
+    owner_access_key: Mapped[str] = mapped_column(ForeignKey("keypairs.access_key"), index=True)
+    session_id: Mapped[str | None] = mapped_column(String(36))
+    image_id: Mapped[str] = mapped_column(String(80), default="")
+    agent_id: Mapped[str | None] = mapped_column(String(64))
+    pushed_to: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)

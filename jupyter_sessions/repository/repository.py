@@ -312,6 +312,8 @@ class AdmissionDecision:
     reason: str
     #: The owner's later sessions wait too (first in, first out per owner).
     holds_owner: bool = True
+    #: A multi-node cluster's kernels by name → agent (others go to ``agent_id``).
+    kernel_agents: Mapping[str, str] | None = None
 
 
 def _slot(raw: Mapping[str, Any] | None, times: int = 1) -> ResourceSlot:
@@ -968,8 +970,9 @@ class SessionRepository:
                 if row.status_info != decision.reason:
                     row.status_info = decision.reason
                 return None, decision
-            if decision.agent_id not in agent_usage:
-                raise ValueError(f"admission chose agent {decision.agent_id!r}, not a candidate")
+            chosen = {decision.agent_id, *(decision.kernel_agents or {}).values()}
+            if not chosen <= set(agent_usage):
+                raise ValueError(f"admission chose agents {chosen}, not all candidates")
             check_transition(SessionStatus.PENDING, SessionStatus.SCHEDULED)
             now = utcnow()
             row.status = SessionStatus.SCHEDULED
@@ -987,7 +990,7 @@ class SessionRepository:
             for kernel in row.kernels:
                 kernel.status = SessionStatus.SCHEDULED
                 kernel.status_info = decision.reason
-                kernel.agent_id = decision.agent_id
+                kernel.agent_id = (decision.kernel_agents or {}).get(kernel.name, decision.agent_id)
             db.flush()
             return SessionData.of(row, _depends_on(db, row.id)), decision
 
