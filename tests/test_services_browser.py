@@ -7,6 +7,7 @@ proxy's HttpOnly cookie. Then a notebook's cell runs on a kernel inside the sess
 
 from __future__ import annotations
 
+import asyncio
 import json
 from pathlib import Path
 from typing import Any
@@ -38,6 +39,26 @@ NOTEBOOK = {
     "nbformat": 4,
     "nbformat_minor": 5,
 }
+
+
+def watch_kernel_socket(page: Any) -> asyncio.Future[str]:
+    """Resolves with the URL of the page's first kernel WebSocket once a kernel_info_reply came
+    back on it: the notebook then has its kernel, connected (JupyterLab asks on connecting)."""
+    ready: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+
+    def on_websocket(socket: Any) -> None:
+        if "/api/kernels/" not in socket.url or "/channels" not in socket.url:
+            return
+
+        def on_frame(payload: str | bytes) -> None:
+            data = payload if isinstance(payload, bytes) else payload.encode()
+            if b"kernel_info_reply" in data and not ready.done():
+                ready.set_result(socket.url)
+
+        socket.on("framereceived", on_frame)
+
+    page.on("websocket", on_websocket)
+    return ready
 
 
 @pytest.fixture
@@ -91,6 +112,7 @@ async def test_jupyterlab_in_a_session_loads_through_the_proxy_and_runs_a_cell(
     await page.goto(url, timeout=180_000)
     assert "jsess-token" not in page.url  # the token left the URL for a cookie
     await page.wait_for_selector("#jp-main-dock-panel", timeout=180_000)
+    kernel_socket = watch_kernel_socket(page)
     await page.goto(url.split("?")[0] + "lab/tree/check.ipynb", timeout=180_000)
     await page.wait_for_selector(".jp-Notebook .jp-Cell", timeout=180_000)
     # The app's JavaScript sees neither the Jupyter server's cookies nor the proxy's cookie.
@@ -101,7 +123,12 @@ async def test_jupyterlab_in_a_session_loads_through_the_proxy_and_runs_a_cell(
     proxy_cookies = [c for c in await context.cookies(url) if c["name"] == "jsess-proxy"]
     assert proxy_cookies and proxy_cookies[0]["httpOnly"]
 
-    # Run the cell on the notebook's kernel, which runs inside the session container.
+    # Run the cell on the notebook's kernel, which runs inside the session container. The
+    # toolbar's execution indicator says "idle" from the start, before the notebook has a kernel
+    # at all (a cell run then is dropped silently): wait for the kernel's answer on its WebSocket,
+    # through the proxy, instead.
+    kernel_url = await asyncio.wait_for(kernel_socket, timeout=180)
+    assert f"{session_id}-jupyter.localhost" in kernel_url, kernel_url
     await page.wait_for_selector(
         ".jp-Notebook-ExecutionIndicator[data-status='idle']", timeout=180_000
     )
