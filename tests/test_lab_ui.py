@@ -135,6 +135,105 @@ async def show_view(page: Any, view: str) -> Any:
     return page.locator("#jupyter-sessions-panel .jp-SessionsView")
 
 
+async def open_notebook_on_session(
+    page: Any, api: Api, jp_serverapp: Any, session_id: str, artifacts_dir: Path
+) -> None:
+    """The panel's "Open notebook on this session" on the selected session (which has
+    /home/work/hello.txt): the notebook's kernel is a kernel of this server attached to the
+    session's main kernel, so its cell runs in that container; shutting it down detaches, and
+    the session's kernel keeps what the cell defined."""
+    connection = await api("GET", "sessions", session_id, "kernels", "main1", "connection")
+    assert connection.code == 200, connection.body
+    container_id = connection.body["container_id"]
+    assert container_id, connection.body
+    kernels_before = set(jp_serverapp.kernel_manager.list_kernel_ids())
+
+    notebooks = page.locator(".jp-NotebookPanel")
+    count = await notebooks.count()
+    await page.click(
+        '#jupyter-sessions-panel button[data-command="jupyter-sessions:open-notebook"]'
+    )
+    notebook = notebooks.nth(count)
+    await notebook.wait_for(timeout=SLOW_MS)
+    [kernel_id] = set(jp_serverapp.kernel_manager.list_kernel_ids()) - kernels_before
+    cell = notebook.locator(".jp-Cell .cm-content").first
+    await cell.click()
+    await page.keyboard.type(
+        "import os; from_notebook = 6 * 7; "
+        "print('host', os.uname().nodename, 'reads', open('/home/work/hello.txt').read())"
+    )
+    await page.keyboard.press("Shift+Enter")
+    output = notebook.locator(".jp-OutputArea-output", has_text="reads hello from the panel")
+    await output.wait_for(timeout=SLOW_MS)
+    host = re.search(r"host (\S+)", await output.inner_text())
+    assert host and container_id.startswith(host.group(1)), (host, container_id)
+    # The notebook is connected to the kernel the route started (by id), nothing else.
+    shown = await notebook.evaluate(
+        """() => window.jupyterapp.shell.currentWidget.sessionContext.session.kernel.id"""
+    )
+    assert shown == kernel_id, (shown, kernel_id)
+    await page.screenshot(path=str(artifacts_dir / "notebook-on-panel-session.png"))
+
+    # Shut the notebook's kernel down and close it: that detaches; the session keeps running
+    # with its kernel's state (the variable the cell defined).
+    await page.evaluate(
+        """async () => {
+            const widget = window.jupyterapp.shell.currentWidget;
+            await widget.sessionContext.shutdown();
+            widget.dispose();
+        }"""
+    )
+    await notebook.wait_for(state="detached")
+    assert kernel_id not in jp_serverapp.kernel_manager.list_kernel_ids()
+    session = await api("GET", "sessions", session_id)
+    assert session.body["status"] == "RUNNING", session.body
+    result = await run_code(api, session_id, "print('still', from_notebook)")
+    assert "still 42" in "".join(data for kind, data in result if kind == "stdout"), result
+
+    # A console on the session, likewise: it sees the same kernel's state.
+    await page.click('#jupyter-sessions-panel button[data-command="jupyter-sessions:open-console"]')
+    console = page.locator(".jp-CodeConsole").last
+    await console.wait_for(timeout=SLOW_MS)
+    await console.locator(".jp-CodeConsole-input .cm-content").click()
+    await page.keyboard.type("print('console sees', from_notebook, 'on', os.uname().nodename)")
+    await page.keyboard.press("Shift+Enter")
+    said = console.locator(".jp-OutputArea-output", has_text="console sees 42 on")
+    await said.wait_for(timeout=SLOW_MS)
+    assert container_id.startswith((await said.inner_text()).split()[-1]), container_id
+    await page.screenshot(path=str(artifacts_dir / "console-on-panel-session.png"))
+    await page.evaluate(
+        """async () => {
+            const widget = window.jupyterapp.shell.currentWidget;
+            await widget.sessionContext.shutdown();
+            widget.dispose();
+        }"""
+    )
+    await console.wait_for(state="detached")
+    assert set(jp_serverapp.kernel_manager.list_kernel_ids()) == kernels_before
+    session = await api("GET", "sessions", session_id)
+    assert session.body["status"] == "RUNNING", session.body
+
+
+async def run_code(api: Api, session_id: str, code: str) -> list[list[Any]]:
+    """Code run in the session's main kernel (execute in query mode, continued to its end)."""
+    answer = await api(
+        "POST", "sessions", session_id, "execute", body={"mode": "query", "code": code}
+    )
+    assert answer.code == 200, answer.body
+    console = list(answer.body["console"])
+    while answer.body["status"] == "continued":
+        answer = await api(
+            "POST",
+            "sessions",
+            session_id,
+            "execute",
+            body={"mode": "continue", "run_id": answer.body["run_id"]},
+        )
+        assert answer.code == 200, answer.body
+        console += answer.body["console"]
+    return console
+
+
 @pytest.mark.browser
 @pytest.mark.docker
 @pytest.mark.usefixtures("docker_cleanup")
@@ -229,6 +328,11 @@ async def test_the_panel_runs_a_session_from_create_to_destroy(
             assert zipped.read("hello.txt") == b"hello from the panel\n"
             assert zipped.read("dropped.txt") == b"dropped bytes"
         await page.screenshot(path=str(artifacts_dir / "panel-files.png"))
+
+        # A notebook on this very session, from the panel's action: its cell runs in the
+        # session's container (the hostname is the container id's prefix, and it reads the file
+        # uploaded above). Closing the notebook and shutting its kernel down only detaches.
+        await open_notebook_on_session(page, api, jp_serverapp, listed.body["id"], artifacts_dir)
 
         # Services: start the image's http service (JupyterLab in the container) and open it
         # through the proxy, in a new tab on the service's own origin.

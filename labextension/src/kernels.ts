@@ -48,18 +48,25 @@ export async function openOnSession(
     if (!id) {
       throw new ApiError(502, 'The server started a kernel but did not say which.', 'no-kernel');
     }
-    if (kind === 'notebook') {
-      const model = await app.commands.execute('docmanager:new-untitled', {
-        type: 'notebook',
-        path: ''
-      });
-      await app.commands.execute('docmanager:open', {
-        path: model.path,
-        factory: 'Notebook',
-        kernel: { id }
-      });
-    } else {
-      await app.commands.execute('console:create', { kernelPreference: { id } });
+    try {
+      if (kind === 'notebook') {
+        const model = await app.commands.execute('docmanager:new-untitled', {
+          type: 'notebook',
+          path: ''
+        });
+        await app.commands.execute('docmanager:open', {
+          path: model.path,
+          factory: 'Notebook',
+          kernel: { id }
+        });
+      } else {
+        await app.commands.execute('console:create', { kernelPreference: { id } });
+      }
+    } catch (error) {
+      // Nothing shows the kernel the server started: shut it down (that only detaches it from
+      // the session, which keeps running) rather than leave it behind.
+      await app.serviceManager.kernels.shutdown(id).catch(() => undefined);
+      throw error;
     }
     return;
   }
