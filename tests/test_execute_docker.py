@@ -298,6 +298,16 @@ def test_unpolled_output_is_bounded() -> None:
     assert console.take() == []
 
 
+def test_one_growing_stream_is_bounded_too() -> None:
+    console = Console(max_bytes=100)
+    for i in range(1000):
+        console.add("stdout", f"line {i:03d}\n")
+    items = console.take()
+    assert items[0][0] == "log" and "dropped" in items[0][1]
+    assert len(items) == 2 and len(items[1][1]) <= 100
+    assert items[1][1].endswith("line 999\n")
+
+
 async def batch_to_end(api: Api, session: str, **options: Any) -> list[dict[str, Any]]:
     """Every answer of a batch run, continued until it finishes."""
     answers = [await execute(api, session, mode="batch", options=options)]

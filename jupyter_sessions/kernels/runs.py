@@ -66,6 +66,13 @@ class Console:
             dropped = self.items.pop(0)
             self.size -= self._size(dropped)
             self.dropped += self._size(dropped)
+        # One stream that keeps growing (a loop printing to stdout) is one merged item: keep its
+        # newest text only.
+        if self.size > self.max_bytes and isinstance(self.items[0][1], str):
+            excess = self.size - self.max_bytes
+            self.items[0][1] = self.items[0][1][excess:]
+            self.size -= excess
+            self.dropped += excess
 
     def take(self) -> list[ConsoleItem]:
         """Everything buffered so far (the caller now owns it)."""
