@@ -82,7 +82,8 @@ class SessionsApp(ExtensionApp):
         config=True,
         help="""SQLAlchemy URL of the session store. Empty: a SQLite file (WAL) at
         <jupyter data dir>/jupyter_sessions/sessions.db, readable by the server's user alone.
-        Only SQLite is tested so far; PostgreSQL support is planned and not yet tested.""",
+        PostgreSQL (``postgresql+psycopg://user:password@host/db``) is the choice for scale;
+        the repository and scheduler tests run on both.""",
     )
     agents = Union(
         [Unicode(), List(Dict())],
