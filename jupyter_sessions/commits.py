@@ -31,16 +31,24 @@ from .actions.info import ImageEntry
 from .actions.observability import (
     CommitSessionAction,
     ConvertToImageAction,
+    DeleteImageAction,
     GetCommitStatusAction,
 )
 from .agents import docker_commit
 from .agents.docker import DockerAgent
 from .bgtasks import FINAL_TASK_STATUSES, Progress, TaskData, TaskService
-from .errors import AgentError, Conflict, InvalidRequest, InvalidStatus, QuotaExceeded
+from .errors import (
+    AgentError,
+    Conflict,
+    InvalidRequest,
+    InvalidStatus,
+    NotFound,
+    QuotaExceeded,
+)
 from .identity import Caller
-from .repository.orm import UserImageRow, utcnow
+from .repository.orm import SessionRow, UserImageRow, utcnow
 from .repository.repository import SessionData
-from .types import ALIVE_STATUSES
+from .types import ALIVE_STATUSES, TERMINAL_STATUSES
 
 if TYPE_CHECKING:
     from .service import SessionService
@@ -243,6 +251,46 @@ class CommitService:
         return await self.tasks.submit(
             CONVERT, owner, work, session_id=session.id, total=steps, message=f"making {full}"
         )
+
+    # --- delete --------------------------------------------------------------------------
+
+    async def delete_image(self, action: DeleteImageAction) -> dict[str, Any]:
+        """Untag and remove a converted image, and give its name and ``max_images`` place back.
+
+        Refused (409) while a session that is not over uses it: its restart would need it.
+        """
+        caller = action.caller
+
+        def find(db: Session) -> tuple[str, str | None, int]:
+            row = db.get(UserImageRow, action.name)
+            if row is None or (row.owner_access_key != caller.access_key and not caller.is_admin):
+                raise NotFound(f"no image {action.name!r} of yours")
+            users = db.scalar(
+                select(func.count())
+                .select_from(SessionRow)
+                .where(SessionRow.image == action.name)
+                .where(SessionRow.status.not_in([str(s) for s in TERMINAL_STATUSES]))
+            )
+            return row.owner_access_key, row.agent_id, users or 0
+
+        owner, agent_id, users = await self.service.repository.db.run(find)
+        if users:
+            raise Conflict(f"{users} session(s) still use the image {action.name}")
+        if agent_id is not None:
+            agent = self.service.agents.get(agent_id)  # AgentUnavailable: kept, try again later
+            if isinstance(agent, DockerAgent):
+                await agent.call(
+                    lambda: docker_commit.remove_image(agent.client(), action.name),
+                    "remove image",
+                )
+
+        def forget(db: Session) -> None:
+            row = db.get(UserImageRow, action.name)
+            if row is not None:
+                db.delete(row)
+
+        await self.service.repository.db.run(forget)
+        return {"name": action.name, "owner_access_key": owner, "removed": True}
 
     # --- the user_images table -----------------------------------------------------------
 

@@ -180,6 +180,7 @@ class SessionProcessors:
         self.commit_session = proc(obs.commits.commit_session)
         self.get_commit_status = proc(obs.commits.get_commit_status)
         self.convert_session_to_image = proc(obs.commits.convert_session_to_image)
+        self.delete_image = proc(obs.commits.delete_image)
         self.get_task = proc(obs.tasks.get_task)
         self.cancel_task = proc(obs.tasks.cancel_task)
         self.subscribe_events = proc(obs.events.subscribe_events)

@@ -157,6 +157,20 @@ async def test_a_file_survives_convert_to_image_and_the_environ_does_not(
     refused = await api("POST", "sessions", body={"image": image}, headers=second)
     assert refused.code == 400 and "not allowed" in refused.body["message"]
     assert (await api("POST", "sessions", session, "commit", headers=second)).code == 404
+    # Nor remove it; its owner can't either while the reader session uses it, then can.
+    assert (await api("DELETE", "images", headers=second, name=image)).code == 404
+    in_use = await api("DELETE", "images", name=image)
+    assert in_use.code == 409 and "still use" in in_use.body["message"], in_use.body
+    assert (await api("DELETE", "sessions", reader, forced="true")).code in (200, 202)
+    deadline = time.monotonic() + DEADLINE
+    while (await api("DELETE", "images", name=image)).code == 409:
+        assert time.monotonic() < deadline, "the reader session never ended"
+        await asyncio.sleep(0.5)
+    with pytest.raises(docker.errors.ImageNotFound):
+        docker_client.images.get(image)
+    assert all(i["name"] != image for i in (await api("GET", "images")).body["images"])
+    assert (await api("DELETE", "images", name=image)).code == 404
+    assert (await api("DELETE", "images")).code == 400
 
 
 async def test_commit_exports_a_tar_gz_and_reports_its_status(
@@ -230,6 +244,12 @@ async def test_image_names_are_checked_and_limited_per_owner(api: Api, sessions_
     same = await api("POST", "sessions", session, "convert-to-image", body={"image_name": "one:v1"})
     assert same.code == 202, same.body
     assert (await wait_for_status(api, same.body["id"], "done", "failed"))["status"] == "done"
+    # Removing the image gives its place back.
+    made = (await api("GET", "tasks", first.body["id"])).body["result"]["image"]
+    assert (await api("DELETE", "images", name=made)).code == 200
+    second = await api("POST", "sessions", session, "convert-to-image", body={"image_name": "two"})
+    assert second.code == 202, second.body
+    assert (await wait_for_status(api, second.body["id"], "done", "failed"))["status"] == "done"
 
 
 def free_port() -> int:

@@ -45,6 +45,18 @@ class GetCommitStatusAction(SessionRefAction):
 
 
 @dataclass(frozen=True, kw_only=True)
+class DeleteImageAction(Action):
+    """Remove one of the caller's converted images (frees a place under ``max_images``)."""
+
+    operation: ClassVar[str] = "delete_image"
+    #: The full reference, as ``GET images`` and the conversion's task result name it.
+    name: str
+
+    def target(self) -> str | None:
+        return self.name
+
+
+@dataclass(frozen=True, kw_only=True)
 class ConvertToImageAction(SessionRefAction):
     operation: ClassVar[str] = "convert_session_to_image"
     image_name: str

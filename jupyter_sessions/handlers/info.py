@@ -6,6 +6,8 @@ from jupyter_server.auth.decorator import authorized
 from tornado import web
 
 from ..actions.info import ListImagesAction
+from ..actions.observability import DeleteImageAction
+from ..errors import InvalidRequest
 from ..serialize import image_json
 from .base import SessionsAPIHandler
 
@@ -41,6 +43,27 @@ class ImagesHandler(SessionsAPIHandler):
                 **ERRORS,
             },
         },
+        "delete": {
+            "operationId": "delete_image",
+            "summary": "Remove one of your images converted from a session (never a shared one); "
+            "409 while a session that is not over uses it",
+            "parameters": [
+                {
+                    "name": "name",
+                    "in": "query",
+                    "required": True,
+                    "schema": {"type": "string"},
+                    "description": "The full reference, as GET images names it",
+                }
+            ],
+            "responses": {
+                "200": {"description": "Removed", "content": {"application/json": {}}},
+                "400": {"$ref": "#/components/responses/Error"},
+                "404": {"$ref": "#/components/responses/Error"},
+                "409": {"$ref": "#/components/responses/Error"},
+                **ERRORS,
+            },
+        },
     }
 
     @web.authenticated
@@ -50,3 +73,12 @@ class ImagesHandler(SessionsAPIHandler):
             ListImagesAction(caller=self.caller)
         )
         self.write_json({"images": [image_json(i) for i in images], "total": len(images)})
+
+    @web.authenticated
+    @authorized
+    async def delete(self) -> None:
+        name = self.get_query_argument("name", "")
+        if not name or len(name) > 512:
+            raise InvalidRequest("name (the image's full reference) is required", field="name")
+        action = DeleteImageAction(caller=self.caller, name=name)
+        self.write_json(await self.processors.delete_image.wait_for_complete(action))
