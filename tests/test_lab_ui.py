@@ -16,6 +16,7 @@ import os
 import re
 import subprocess
 import sys
+import urllib.request
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -473,12 +474,13 @@ async def test_the_built_wheel_shows_the_panel_without_node(
     assert "enabled" in line and "OK" in line, listed
     assert str(venv / "share" / "jupyter" / "labextensions") in listed, listed
 
-    # A real `jupyter lab` of that venv (the local agent: no Docker needed to show the panel).
+    # A real `jupyter lab` of that venv, set up for the local agent by binder/postBuild's own
+    # config step (what Binder runs; no Docker there), and by the test's user config.
+    postbuild = (repo / "binder" / "postBuild").read_text()
+    binder_step = postbuild.split("python - <<'PY'\n", 1)[1].split("\nPY\n", 1)[0]
+    await run(str(python), "-c", binder_step, env=env, cwd=tmp_path)
     config = {
-        "SessionsApp": {
-            "agents": [{"id": "local", "kind": "local"}],
-            "db_url": f"sqlite:///{tmp_path}/sessions.db",
-        },
+        "SessionsApp": {"db_url": f"sqlite:///{tmp_path}/sessions.db"},
         "LabApp": {"news_url": None},
     }
     (tmp_path / "config").mkdir()
@@ -502,10 +504,22 @@ async def test_the_built_wheel_shows_the_panel_without_node(
         await page.locator("#jupyter-sessions-panel .jp-SessionsPanel-empty").wait_for()
         await page.screenshot(path=str(artifacts_dir / "wheel-without-node.png"))
         await context.close()
+        agents = json.loads(
+            await asyncio.to_thread(
+                fetch_text, f"http://127.0.0.1:{port}/jupyter-sessions/api/agents", token
+            )
+        )["agents"]
+        assert [(a["id"], a["kind"]) for a in agents] == [("local", "local")], agents
     finally:
         server.terminate()
         _, stderr = await server.communicate()
         assert server.returncode is not None, stderr
+
+
+def fetch_text(url: str, token: str) -> str:
+    request = urllib.request.Request(url, headers={"Authorization": f"token {token}"})
+    with urllib.request.urlopen(request, timeout=30) as answer:
+        return str(answer.read().decode())
 
 
 async def run(*argv: str, env: dict[str, str] | None = None, cwd: Path | None = None) -> str:
