@@ -1,14 +1,15 @@
 """File routes of a session: upload (streamed multipart), list, download, archive, mkdir, delete
-and move. Bodies and answers stream both ways: an upload's parts are parsed as they arrive and
-handed on in ~1 MiB events through a bounded queue; downloads and archives are written as the agent
-produces them, each chunk flushed before the next is read (so a slow client slows the source
-instead of filling memory).
+and move. Bodies and answers stream both ways: an upload's body is read ~1 MiB at a time, its parts
+are parsed as they arrive and handed on in ~4 MiB events through a small bounded queue; downloads
+and archives are written as the agent produces them, each chunk flushed before the next is read
+(so a slow client slows the source instead of filling memory).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -35,8 +36,14 @@ from .base import API_PREFIX, REF, SessionsAPIHandler
 from .sessions import ERRORS, OWNER_PARAM, REF_PARAM, _json
 
 FILES_RESOURCE = "jupyter_sessions:files"
-#: Upload data is handed on in pieces of about this size (fewer hops between loop and thread).
-PIECE = 1 << 20
+#: Upload data is handed on in pieces of about this size: fewer hops between loop and thread,
+#: and bigger frames into the helper's stdin (4 MiB frames went ~20% faster than 1 MiB ones).
+PIECE = 4 << 20
+#: Pieces waiting between the body parser and the agent: with the agent's read-ahead (2), the
+#: piece being sent and the one being gathered, about 30 MB of an upload is in memory at most.
+QUEUE_DEPTH = 2
+#: How much of the body tornado reads at a time (its default is 64 KiB).
+READ_SIZE = 1 << 20
 #: Room for the multipart framing of many parts on top of the per-request limit of file bytes.
 FRAMING_ALLOWANCE = 16 * 2**20
 MORE_ERRORS = {
@@ -234,9 +241,11 @@ class FilesHandler(FilesAPIHandler):
                 limit=limit,
             )
         self.request.connection.set_max_body_size(limit + FRAMING_ALLOWANCE)
-        self._stream = UploadStream()
+        self._read_in_pieces()
+        self._stream = UploadStream(QUEUE_DEPTH)
         self._events: list[tuple[str, Any]] = []
-        self._piece = bytearray()
+        self._piece: list[memoryview] = []
+        self._piece_size = 0
         self._part_headers: dict[bytes, bytes] = {}
         self._field = bytearray()
         self._value = bytearray()
@@ -249,7 +258,7 @@ class FilesHandler(FilesAPIHandler):
                 "on_header_value": lambda d, s, e: self._value.extend(d[s:e]),
                 "on_header_end": self._header_end,
                 "on_headers_finished": self._headers_finished,
-                "on_part_data": lambda d, s, e: self._piece.extend(d[s:e]),
+                "on_part_data": self._part_data,
                 "on_part_end": self._part_end,
                 "on_end": self._end,
             },
@@ -284,10 +293,38 @@ class FilesHandler(FilesAPIHandler):
             raise InvalidRequest("every part of an upload needs a filename (its path)")
         self._events.append(("begin", name.decode("utf-8", "surrogateescape")))
 
+    def _part_data(self, data: bytes, start: int, end: int) -> None:
+        """Keep a view of the chunk (no copy yet): a piece is joined once, when handed on. Only
+        immutable chunks are kept by reference (tornado's are bytes)."""
+        if not isinstance(data, bytes):
+            data = bytes(data[start:end])
+            start, end = 0, len(data)
+        self._piece.append(memoryview(data)[start:end])
+        self._piece_size += end - start
+
     def _flush_piece(self) -> None:
         if self._piece:
-            self._events.append(("data", bytes(self._piece)))
-            self._piece.clear()
+            piece, whole = self._piece, self._piece[0].obj
+            if len(piece) == 1 and isinstance(whole, bytes) and len(whole) == piece[0].nbytes:
+                data = whole  # a whole chunk of the body: passed on as it is
+            else:
+                data = b"".join(piece)
+            self._events.append(("data", data))
+            self._piece, self._piece_size = [], 0
+
+    def _read_in_pieces(self) -> None:
+        """Read this body ``READ_SIZE`` at a time instead of tornado's 64 KiB: 16 times fewer trips
+        through the reader, the parser and ``data_received``. Only this connection changes (its
+        own copy of the parameters; the stream's read size is put back in ``on_finish``)."""
+        connection = self.request.connection
+        params = getattr(connection, "params", None)
+        stream = getattr(connection, "stream", None)
+        if params is None or stream is None:
+            return
+        connection.params = copy.copy(params)
+        connection.params.chunk_size = READ_SIZE
+        self._read_chunk_size = stream.read_chunk_size
+        stream.read_chunk_size = min(READ_SIZE, stream.max_buffer_size // 2)
 
     def _part_end(self) -> None:
         self._flush_piece()
@@ -311,7 +348,7 @@ class FilesHandler(FilesAPIHandler):
             await stream.put("error", error)
             stream.closed = True
             return
-        if len(self._piece) >= PIECE:
+        if self._piece_size >= PIECE:
             self._flush_piece()
         events, self._events = self._events, []
         for kind, value in events:
@@ -322,6 +359,13 @@ class FilesHandler(FilesAPIHandler):
         error = task.exception()
         if error is not None:
             self.send_error(500, exc_info=(type(error), error, error.__traceback__))
+
+    def on_finish(self) -> None:
+        read_chunk_size = getattr(self, "_read_chunk_size", None)
+        stream = getattr(self.request.connection, "stream", None)
+        if read_chunk_size is not None and stream is not None:
+            stream.read_chunk_size = read_chunk_size
+        super().on_finish()
 
     def on_connection_close(self) -> None:
         if self._stream is not None and self._task is not None and not self._task.done():
