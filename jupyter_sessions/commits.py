@@ -41,14 +41,13 @@ from .errors import (
     AgentError,
     Conflict,
     InvalidRequest,
-    InvalidStatus,
     NotFound,
     QuotaExceeded,
 )
 from .identity import Caller
 from .repository.orm import SessionRow, UserImageRow, utcnow
 from .repository.repository import SessionData
-from .types import ALIVE_STATUSES, TERMINAL_STATUSES
+from .types import TERMINAL_STATUSES
 
 if TYPE_CHECKING:
     from .service import SessionService
@@ -81,21 +80,13 @@ class CommitService:
     # --- helpers -------------------------------------------------------------------------
 
     async def _running_docker(self, session: SessionData, verb: str) -> tuple[DockerAgent, str]:
-        if session.status not in ALIVE_STATUSES:
-            raise InvalidStatus(
-                f"the session is {session.status}; only a RUNNING session can be {verb}",
-                status=str(session.status),
-            )
-        kernel = session.main_kernel
-        if kernel is None or kernel.agent_id is None:
-            raise InvalidStatus("the session has no container")
-        agent = self.service.agents.get(kernel.agent_id)
+        agent, container = self.service.main_container(session, f"it can be {verb}")
         if not isinstance(agent, DockerAgent):
             raise InvalidRequest(
                 f"sessions on a {agent.kind} agent can't be {verb}: that needs a Docker agent "
                 "(the local agent runs kernels as processes, without images)"
             )
-        return agent, kernel.container_id or agent.kernel_ref(session.id, kernel.name)
+        return agent, container
 
     async def _ongoing(self, session_id: str) -> TaskData | None:
         task = await self.tasks.latest(session_id, (COMMIT, CONVERT))

@@ -39,7 +39,7 @@ from .actions.files import (
 )
 from .agents.base import Agent
 from .agents.local_files import WORK_ROOT
-from .errors import InvalidRequest, InvalidStatus, NotFound, TooLarge
+from .errors import InvalidRequest, NotFound, TooLarge
 from .repository.orm import utcnow
 from .repository.repository import SessionData
 from .types import ALIVE_STATUSES
@@ -102,17 +102,9 @@ class FileService:
     async def _target(self, action: SessionRefAction) -> tuple[SessionData, Agent, str]:
         """The session (the caller's, RUNNING), the agent holding its files, its container."""
         session = await self.service._resolve(action)
-        if session.status not in ALIVE_STATUSES:
-            raise InvalidStatus(
-                f"the session is {session.status}; files are reachable only while it is RUNNING",
-                status=str(session.status),
-            )
-        kernel = session.main_kernel
-        if kernel is None or kernel.agent_id is None:
-            raise InvalidStatus("the session has no kernel holding its files")
-        agent = self.service.agents.get(kernel.agent_id)
+        agent, container = self.service.main_container(session, "files are reachable")
         self.service.touch_activity(session.id)
-        return session, agent, kernel.container_id or agent.kernel_ref(session.id, kernel.name)
+        return session, agent, container
 
     async def _quota(self, session: SessionData) -> tuple[int | None, str]:
         try:

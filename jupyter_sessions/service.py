@@ -193,6 +193,20 @@ class SessionService:
         name_owner = action.owner_access_key or action.caller.access_key
         return await self.repository.resolve(action.ref, scope, name_owner=name_owner)
 
+    def main_container(self, session: SessionData, what: str) -> tuple[Agent, str]:
+        """The agent and container of a RUNNING session's main kernel, for the actions that work
+        on the container itself (files, services, commits); 409 naming ``what`` otherwise."""
+        if session.status not in ALIVE_STATUSES:
+            raise InvalidStatus(
+                f"the session is {session.status}; {what} only while it is RUNNING",
+                status=str(session.status),
+            )
+        kernel = session.main_kernel
+        if kernel is None or kernel.agent_id is None:
+            raise InvalidStatus("the session has no kernel placed on an agent")
+        agent = self.agents.get(kernel.agent_id)
+        return agent, kernel.container_id or agent.kernel_ref(session.id, kernel.name)
+
     async def _transit(
         self,
         session_id: str,

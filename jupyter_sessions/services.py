@@ -399,16 +399,7 @@ class ServicesService:
 
     async def _running_session(self, action: Any) -> tuple[SessionData, Agent, str]:
         session = await self.sessions._resolve(action)
-        if session.status not in (SessionStatus.RUNNING, SessionStatus.RUNNING_DEGRADED):
-            raise InvalidStatus(
-                f"the session is {session.status}; services run in RUNNING sessions",
-                status=str(session.status),
-            )
-        kernel = session.main_kernel
-        if kernel is None or kernel.agent_id is None:
-            raise InvalidStatus("the session has no kernel placed on an agent")
-        agent = self.sessions.agents.get(kernel.agent_id)
-        ref = kernel.container_id or agent.kernel_ref(session.id, kernel.name)
+        agent, ref = self.sessions.main_container(session, "services run")
         return session, agent, ref
 
     def _base_url(self, session_id: str, name: str) -> str:
