@@ -41,6 +41,7 @@ from jupyter_sessions.agents.base import (
     KernelHandle,
     KernelSpec,
 )
+from jupyter_sessions.errors import AgentError
 from jupyter_sessions.events import EventHub
 from jupyter_sessions.kernels.connection import KernelConnections
 from jupyter_sessions.repository import Database, SessionRepository
@@ -65,7 +66,7 @@ class SyntheticAgent(Agent):
         return AgentInfo(reachable=True, capacity=CAPACITY, detail="synthetic")
 
     async def create_kernel(self, spec: KernelSpec) -> KernelHandle:
-        raise NotImplementedError
+        raise AgentError("a synthetic agent places sessions only; it runs nothing")
 
     def kernel_ref(self, session_id: str, kernel_name: str) -> str:
         return session_id
@@ -92,7 +93,7 @@ class SyntheticAgent(Agent):
         return ""
 
     async def exec(self, container_ref: str, argv: list[str], *, environ: Any = None) -> Any:
-        raise NotImplementedError
+        raise AgentError("a synthetic agent places sessions only; it runs nothing")
 
 
 class CountingService(SessionService):

@@ -15,6 +15,7 @@ client is safe inside a kernel (it never needs an event loop), which is what the
 
 from __future__ import annotations
 
+import abc
 import asyncio
 import contextlib
 import getpass
@@ -408,7 +409,7 @@ T = TypeVar("T")  # what a text action returns
 S = TypeVar("S")  # what a streaming action returns: an iterator, or an async iterator
 
 
-class _Api(Generic[J, T, S]):
+class _Api(abc.ABC, Generic[J, T, S]):
     """Every action of the API, once. Subclasses say how a ``Call`` is sent."""
 
     server: ServerInfo | None
@@ -427,21 +428,25 @@ class _Api(Generic[J, T, S]):
         self.timeout = timeout
         self._setup()
 
+    @abc.abstractmethod
     def _setup(self) -> None:
         """Open the HTTP client (and, for the blocking one, find the server now)."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def _json(self, call: Call) -> J:
-        raise NotImplementedError
+        """Sent by the blocking or the asyncio transport."""
 
+    @abc.abstractmethod
     def _multipart(self, call: Call, items: Iterable[Upload]) -> J:
-        raise NotImplementedError
+        """Sent by the blocking or the asyncio transport."""
 
+    @abc.abstractmethod
     def _save(self, call: Call, target: Path) -> J:
-        raise NotImplementedError
+        """Sent by the blocking or the asyncio transport."""
 
+    @abc.abstractmethod
     def _poll(self, fetch: Callable[[], Any], wanted: frozenset[str], timeout: float) -> J:
-        raise NotImplementedError
+        """Sent by the blocking or the asyncio transport."""
 
     # --- what takes more than one plain request -----------------------------------------------
 
@@ -480,14 +485,17 @@ class _Api(Generic[J, T, S]):
         """Poll a background task until it is done, failed or cancelled."""
         return self._poll(lambda: self.get_task(task_id), TASK_DONE, timeout)
 
+    @abc.abstractmethod
     def _text(self, call: Call) -> T:
-        raise NotImplementedError
+        """Sent by the blocking or the asyncio transport."""
 
+    @abc.abstractmethod
     def _lines(self, call: Call) -> S:
-        raise NotImplementedError
+        """Sent by the blocking or the asyncio transport."""
 
+    @abc.abstractmethod
     def _events(self, call: Call) -> S:
-        raise NotImplementedError
+        """Sent by the blocking or the asyncio transport."""
 
     # --- sessions ---------------------------------------------------------------------------
 

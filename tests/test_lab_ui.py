@@ -553,4 +553,5 @@ async def goto_when_up(page: Any, url: str) -> None:
         except Exception:  # connection refused while the server starts
             if loop.time() > deadline:
                 raise
+        assert loop.time() < deadline, f"{url} never answered OK"
         await asyncio.sleep(1)

@@ -6,7 +6,6 @@ Each test starts one or two small session containers; the kernel image is the su
 
 from __future__ import annotations
 
-import asyncio
 import json
 from pathlib import Path
 from typing import Any
@@ -142,8 +141,12 @@ async def test_a_server_kernel_runs_in_a_session_beside_the_notebook(
         assert text.split() == ["/home/work/notebooks", "x,y", "1,2", "3,4"]
 
         # Interrupt: the server's interrupt is the session's.
-        request = client.execute("import time; time.sleep(120)")
-        await asyncio.sleep(1.0)
+        request = client.execute("import time; print('sleeping', flush=True); time.sleep(120)")
+        # Interrupt once the code runs (its first output is on IOPub), not before.
+        while True:
+            output = await client.get_iopub_msg(timeout=60)
+            if output["parent_header"].get("msg_id") == request and output["msg_type"] == "stream":
+                break
         await jp_fetch("api", "kernels", kernel_id, "interrupt", method="POST", body=b"")
         while True:
             message = await client.get_shell_msg(timeout=60)

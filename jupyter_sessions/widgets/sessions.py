@@ -59,7 +59,7 @@ class _Pane(w.VBox):
             self.refresh()
 
     def refresh(self) -> None:
-        raise NotImplementedError
+        """Re-read this pane's part of the session; the base pane has none (panes override)."""
 
 
 class FilesPane(_Pane):
