@@ -71,6 +71,17 @@ class TooLarge(SessionsError):
     reason = "too-large"
 
 
+class RangeNotSatisfiable(SessionsError):
+    """A byte range past the end of a file (RFC 9110 §15.5.17); the answer names the size."""
+
+    status_code = 416
+    reason = "range-not-satisfiable"
+
+    def __init__(self, message: str, *, size: int) -> None:
+        super().__init__(message, size=size)
+        self.size = size
+
+
 class QuotaExceeded(SessionsError):
     status_code = 429
     reason = "quota-exceeded"

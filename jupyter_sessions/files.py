@@ -39,7 +39,7 @@ from .actions.files import (
 )
 from .agents.base import Agent
 from .agents.local_files import WORK_ROOT
-from .errors import InvalidRequest, NotFound, TooLarge
+from .errors import InvalidRequest, NotFound, RangeNotSatisfiable, TooLarge
 from .repository.orm import utcnow
 from .repository.repository import SessionData
 from .types import ALIVE_STATUSES
@@ -85,7 +85,7 @@ def parse_range(header: str | None, size: int) -> tuple[int, int]:
     start = int(first)
     end = min(int(last), size - 1) if last else size - 1
     if start >= size or end < start:
-        raise InvalidRequest(f"range {header} is outside the file ({size} bytes)", field="Range")
+        raise RangeNotSatisfiable(f"range {header} is outside the file ({size} bytes)", size=size)
     return start, end - start + 1
 
 

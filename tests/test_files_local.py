@@ -118,7 +118,8 @@ async def test_upload_list_download_and_archive_round_trip(api: Api, jp_fetch: A
         path="a.bin",
         headers={"Range": f"bytes={len(payload)}-"},
     )
-    assert past.code == 400
+    assert past.code == 416, past.body
+    assert past.headers["Content-Range"] == f"bytes */{len(payload)}"
     empty = await fetch_bytes(
         jp_fetch, "GET", "sessions", "files-local", "files", "content", path="c.txt"
     )

@@ -774,9 +774,13 @@ class DockerAgent(Agent):
     ) -> Any:
         client, user, loop = self._docker(), self.container_user, asyncio.get_running_loop()
         pulled = local_files.pull_from_loop(events, loop)
-        return await self._call(
-            lambda: docker_files.upload(client, container_ref, user, args, pulled), "upload files"
-        )
+
+        def upload() -> Any:
+            # Closed in this thread, also when the upload stops early (see LocalAgent).
+            with contextlib.closing(pulled):
+                return docker_files.upload(client, container_ref, user, args, pulled)
+
+        return await self._call(upload, "upload files")
 
     async def close(self) -> None:
         if self._client is not None:

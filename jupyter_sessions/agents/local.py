@@ -647,9 +647,14 @@ class LocalAgent(Agent):
     ) -> Any:
         root, loop = str(self.work_dir(session_id)), asyncio.get_running_loop()
         pulled = local_files.pull_from_loop(events, loop)
-        return await asyncio.to_thread(
-            local_files.in_process, local_files.receive, root, args, pulled
-        )
+
+        def receive() -> Any:
+            # Closed in this thread, also when the upload stops early, so that the task pulling
+            # from the request ends now and not at garbage collection.
+            with contextlib.closing(pulled):
+                return local_files.in_process(local_files.receive, root, args, pulled)
+
+        return await asyncio.to_thread(receive)
 
     async def close(self) -> None:
         """Kill every kernel this agent started: local kernels die with the server."""

@@ -32,7 +32,7 @@ import sys
 import tarfile
 import threading
 import zipfile
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Generator, Iterator
 from typing import Any, BinaryIO
 
 #: How request paths name the work directory (on every agent).
@@ -741,7 +741,7 @@ async def stream_from_thread(
 
 def pull_from_loop(
     source: AsyncIterator[Any], loop: asyncio.AbstractEventLoop, depth: int = 2
-) -> Iterator[Any]:
+) -> Generator[Any, None, None]:
     """Iterate an async iterator of the loop from a thread.
 
     A task on the loop pulls up to ``depth`` items ahead into a thread-safe queue, so the thread

@@ -15,7 +15,13 @@ from jupyter_server.base.handlers import APIHandler
 from jupyter_server.extension.handler import ExtensionHandlerMixin
 from tornado import web
 
-from ..errors import InvalidRequest, SessionsError, TooLarge, Unauthenticated
+from ..errors import (
+    InvalidRequest,
+    RangeNotSatisfiable,
+    SessionsError,
+    TooLarge,
+    Unauthenticated,
+)
 from ..identity import Caller
 
 if TYPE_CHECKING:
@@ -62,6 +68,9 @@ class SessionsHandlerMixin:
         self.set_header("Content-Type", "application/json; charset=UTF-8")  # type: ignore[attr-defined]
         if status_code == 401:
             self.set_header("WWW-Authenticate", 'Token realm="jupyter_sessions"')  # type: ignore[attr-defined]
+        error = kwargs["exc_info"][1] if kwargs.get("exc_info") else None
+        if isinstance(error, RangeNotSatisfiable):
+            self.set_header("Content-Range", f"bytes */{error.size}")  # type: ignore[attr-defined]
         self.finish(json.dumps(error_body(status_code, kwargs.get("exc_info"))))  # type: ignore[attr-defined]
 
     def log_exception(self, typ: Any, value: Any, tb: Any) -> None:

@@ -46,6 +46,7 @@ QUEUE_DEPTH = 2
 READ_SIZE = 1 << 20
 #: Room for the multipart framing of many parts on top of the per-request limit of file bytes.
 FRAMING_ALLOWANCE = 16 * 2**20
+ERROR_SCHEMA = {"$ref": "#/components/schemas/Error"}
 MORE_ERRORS = {
     "404": {"$ref": "#/components/responses/Error"},
     "409": {"$ref": "#/components/responses/Error"},
@@ -433,6 +434,10 @@ class FileContentHandler(FilesAPIHandler):
             "responses": {
                 "200": {"description": "The file", "content": {"application/octet-stream": {}}},
                 "206": {"description": "The requested range"},
+                "416": {
+                    "description": "The range starts past the end (Content-Range: bytes */size)",
+                    "content": {"application/json": {"schema": ERROR_SCHEMA}},
+                },
                 **ERRORS,
                 **MORE_ERRORS,
             },
