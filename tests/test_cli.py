@@ -154,6 +154,9 @@ async def test_ctrl_c_interrupts_the_run_in_the_session(
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
         env=env,
+        # As from a terminal: a test run started in the background (`cmd &` in a script) ignores
+        # SIGINT, and Python would not turn an ignored SIGINT into KeyboardInterrupt.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     assert process.stdout is not None
     line = await asyncio.wait_for(process.stdout.readline(), 120)
