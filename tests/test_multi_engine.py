@@ -289,6 +289,10 @@ async def test_stopping_an_engine_marks_its_agent_lost_and_reconciles_its_sessio
         while not await lost():
             assert loop.time() < deadline, "engine-2 was never marked LOST"
             await asyncio.sleep(0.5)
+        # Its session stays as it was, saying why it may not answer.
+        waiting = (await api("GET", "sessions", on_two["id"])).body
+        assert waiting["status"] == "RUNNING", waiting
+        assert waiting["status_info"].startswith("agent engine-2 is not answering since"), waiting
         # Nothing new goes to a lost agent.
         other = await create(api, name="while-lost", resources=SMALL)
         assert agent_of(await running(api, other["id"])) == "engine-1"

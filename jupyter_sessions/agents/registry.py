@@ -5,10 +5,11 @@ from ``POST agents`` (registered: stored, and made again at every start). Each h
 from its engine (CPUs, memory) minus a reserve kept for the host (``reserve`` of the agent, else
 ``c.SessionsApp.agent_reserve``). The heartbeat probes every agent each ``heartbeat_interval``
 seconds and records what it said (``GET agents``): an agent that stops answering is marked LOST
-(the scheduler places nothing there: it is not reachable) and its sessions are left as they are;
-when it answers again it is marked ALIVE and its sessions are reconciled against what the engine
-holds now (``AgentReconciler``: re-attach running kernels, fail those whose container stopped or
-vanished, remove orphans), exactly as at start-up but for that one agent.
+(the scheduler places nothing there: it is not reachable) and its sessions are left as they are,
+their ``status_info`` saying so; when it answers again it is marked ALIVE and its sessions are
+reconciled against what the engine holds now (``AgentReconciler``: re-attach running kernels, fail
+those whose container stopped or vanished, remove orphans), exactly as at start-up but for that
+one agent.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import logging
 import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 from ..actions.agents import (
@@ -49,6 +51,11 @@ class _Seen:
     status: str = ALIVE
     reconciling: asyncio.Task[None] | None = None
     reports: list[ReconcileReport] = field(default_factory=list)
+
+
+def _lost_note(agent_id: str) -> str:
+    """The start of the note a LOST agent's sessions carry (replaced when it answers again)."""
+    return f"agent {agent_id} is not answering"
 
 
 class AgentReconciler(Reconciler):
@@ -191,8 +198,17 @@ class AgentService:
             previous, seen.status = seen.status, status
             if status == LOST:
                 self.log.warning("agent %s is LOST: %s", agent.id, info.detail)
+                since = datetime.now(UTC).isoformat(timespec="seconds")
+                await self.repository.note_sessions_on_agent(
+                    agent.id, f"{_lost_note(agent.id)} since {since}: {info.detail}"
+                )
             elif previous == LOST:
                 self.log.warning("agent %s answers again: reconciling its sessions", agent.id)
+                await self.repository.note_sessions_on_agent(
+                    agent.id,
+                    f"agent {agent.id} answers again; its sessions are reconciled",
+                    replacing=_lost_note(agent.id),
+                )
                 seen.reconciling = asyncio.get_running_loop().create_task(
                     self._reconcile(agent, seen)
                 )

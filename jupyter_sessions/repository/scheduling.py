@@ -13,9 +13,9 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import bindparam, select, update
+from sqlalchemy import CursorResult, bindparam, select, update
 from sqlalchemy.orm import Session
 
 from ..errors import Conflict, NotFound
@@ -286,6 +286,30 @@ class SchedulingRepository:
             row.status, row.status_info = "REMOVED", "removed through the admin API"
 
         await self.db.run(work)
+
+    async def note_sessions_on_agent(
+        self, agent_id: str, note: str, *, replacing: str | None = None
+    ) -> int:
+        """Set ``status_info`` of the live sessions whose main kernel is on the agent (no
+        transition); with ``replacing``, only of those whose note starts with it. Answers how
+        many changed."""
+        live = [str(s) for s in OCCUPYING_STATUSES - {SessionStatus.ERROR}]  # keep ERROR's reason
+
+        def work(db: Session) -> int:
+            on_agent = select(KernelRow.session_id).where(
+                KernelRow.agent_id == agent_id, KernelRow.cluster_role == "main"
+            )
+            statement = (
+                update(SessionRow)
+                .where(SessionRow.id.in_(on_agent), SessionRow.status.in_(live))
+                .values(status_info=note)
+            )
+            if replacing is not None:
+                statement = statement.where(SessionRow.status_info.startswith(replacing))
+            changed = cast(CursorResult[Any], db.execute(statement))
+            return int(changed.rowcount or 0)
+
+        return await self.db.run(work)
 
     async def sessions_on_agent(self, agent_id: str) -> list[str]:
         """Ids of the non-final sessions with a kernel placed on the agent."""
