@@ -105,6 +105,7 @@ class CommitService:
         client = agent.client()
         # Unique per task: two requests racing past the "ongoing" check never share it.
         scratch = f"jsess-{session.id}-commit-{secrets.token_hex(4)}"
+        agent.scratch_in_use.add(scratch)
         try:
             await progress.step("copying the container's file-system changes")
             _id, copied = await agent.call(
@@ -125,9 +126,12 @@ class CommitService:
             )
         finally:
             # Even when cancelled: the scratch container must not outlive the task.
-            await asyncio.shield(
-                agent.call(lambda: docker_commit.remove_container(client, scratch), "clean up")
-            )
+            try:
+                await asyncio.shield(
+                    agent.call(lambda: docker_commit.remove_container(client, scratch), "clean up")
+                )
+            finally:
+                agent.scratch_in_use.discard(scratch)
 
     # --- commit --------------------------------------------------------------------------
 

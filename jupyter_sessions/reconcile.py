@@ -374,6 +374,26 @@ class Reconciler:
                     )
                     continue
                 report.removed_volumes.append(session_id)
+        for agent_id in listings:
+            await self._remove_commit_leftovers(self.agents.get(agent_id), report)
+
+    async def _remove_commit_leftovers(self, agent: Agent, report: ReconcileReport) -> None:
+        """Scratch containers of commits a killed server left behind, for sessions of this
+        installation (their names carry the session id; other installations' are not ours)."""
+        try:
+            leftovers = await agent.commit_leftovers()
+            for name, session_id in leftovers.items():
+                try:
+                    await self.repository.get(session_id)
+                except NotFound:
+                    continue
+                await agent.remove_commit_leftover(name)
+                report.removed_containers.append(name)
+                self.log.info("reconciliation: removed the commit leftover %s", name)
+        except SessionsError as exc:
+            self.log.warning(
+                "reconciliation: could not remove commit leftovers on %s: %s", agent.id, exc.message
+            )
 
 
 def _live(session: SessionData) -> list[KernelData]:

@@ -208,7 +208,27 @@ async def test_one_pass_reattaches_fails_finishes_and_removes_orphans(
         volume_name(orphan_session), labels=labelled(installation, orphan_session)
     )
 
+    # Scratch containers of commits (unlabelled, named after the session): one a killed server
+    # left for "keep", one a commit is building now, and one of a session not in this store.
+    def scratch(session_id: str) -> Any:
+        name = f"jsess-{session_id}-commit-{secrets.token_hex(4)}"
+        return docker_client.containers.create(kernel_image, ["true"], name=name)
+
+    left_behind, in_use, not_ours = (
+        scratch(ids["keep"]),
+        scratch(ids["keep"]),
+        scratch(orphan_session),
+    )
+    agent = sessions_app.registry.get(keep.agent_id)
+    agent.scratch_in_use.add(in_use.name)
+
     report = await Reconciler(sessions_app.service, attach_timeout=60, shell_timeout=3).run()
+
+    assert gone(docker_client, left_behind.id) and left_behind.name in report.removed_containers
+    assert not gone(docker_client, in_use.id) and not gone(docker_client, not_ours.id)
+    agent.scratch_in_use.discard(in_use.name)
+    in_use.remove(force=True)
+    not_ours.remove(force=True)
 
     statuses = {name: (await api("GET", "sessions", sid)).body for name, sid in ids.items()}
     assert statuses["keep"]["status"] == "RUNNING", statuses["keep"]

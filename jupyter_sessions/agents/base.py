@@ -224,6 +224,15 @@ class Agent(abc.ABC):
         """Ids of the sessions whose work storage of this installation exists on the agent."""
         return []
 
+    async def commit_leftovers(self) -> dict[str, str]:
+        """Scratch containers that commits left behind (a server killed mid-commit) and are not
+        building now: name → session id."""
+        return {}
+
+    async def remove_commit_leftover(self, name: str) -> None:
+        """Remove one of ``commit_leftovers`` (gone already is fine)."""
+        raise InvalidRequest(f"{self.kind} agents make no commit containers")
+
     # --- files (files.py; agents/local_files.py does the work on every agent) -------------
 
     async def file_op(

@@ -14,6 +14,7 @@ import io
 import json
 import logging
 import os
+import re
 import shlex
 import shutil
 import signal as signal_module
@@ -63,6 +64,9 @@ KERNEL_PORTS = {
 }
 CONNECTION_FILE = "/tmp/connection.json"  # noqa: S108 - inside the container, owned by the kernel user
 KERNEL_UID = 1000
+#: The name of a commit's scratch container: unlabelled (a commit would carry labels into the
+#: image), so a server killed mid-commit finds the leftovers by name and session id.
+SCRATCH_NAME = re.compile(r"^jsess-([0-9a-f-]{36})-commit-[0-9a-f]{8}$")
 _INFO_TTL = 5.0
 
 
@@ -159,6 +163,8 @@ class DockerAgent(Agent):
         #: Whether the rule holds, and what GET agents says about it (empty: no network yet).
         self.host_ports_closed = False
         self.host_ports_status = ""
+        #: Names of the scratch containers commits are building now: never removed as leftovers.
+        self.scratch_in_use: set[str] = set()
 
     # --- plumbing ------------------------------------------------------------------------
 
@@ -624,6 +630,28 @@ class DockerAgent(Agent):
             return found
 
         return await self._call(listing, "list kernel containers")
+
+    async def commit_leftovers(self) -> dict[str, str]:
+        def listing() -> dict[str, str]:
+            found = {}
+            for container in self._docker().containers.list(
+                all=True, filters={"name": "-commit-"}, ignore_removed=True
+            ):
+                match = SCRATCH_NAME.match(container.name or "")
+                if match is not None and match.group(0) not in self.scratch_in_use:
+                    found[match.group(0)] = match.group(1)
+            return found
+
+        return await self._call(listing, "list commit leftovers")
+
+    async def remove_commit_leftover(self, name: str) -> None:
+        client = self._docker()
+
+        def remove() -> None:
+            with contextlib.suppress(docker.errors.NotFound):
+                client.containers.get(name).remove(force=True)
+
+        await self._call(remove, "remove a commit leftover")
 
     async def list_session_storage(self) -> list[str]:
         selector = {"label": f"{LABEL_INSTALLATION}={self.installation_id}"}
