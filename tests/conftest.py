@@ -107,12 +107,24 @@ def api(jp_fetch: Any) -> Api:
     return call
 
 
+async def shut_down_kernels(kernel_manager: Any) -> None:
+    """Every kernel of the server, one by one (shutdown_all also takes the ids of starts that
+    failed, which jupyter_client keeps as pending, and fails on them)."""
+    for kernel_id in list(kernel_manager.list_kernel_ids()):
+        with contextlib.suppress(Exception):
+            await kernel_manager.shutdown_kernel(kernel_id, now=True)
+
+
 @pytest.fixture
 def docker_cleanup(
     docker_client: docker.DockerClient, sessions_app: Any, jp_asyncio_loop: Any
 ) -> Iterator[None]:
     """Remove whatever this test's installation left on the engine (and only that)."""
     yield
+    # The Jupyter server's own kernels first (those of session kernelspecs run in containers):
+    # a container removed under them would have their restarter start them again, and a kernel
+    # still starting makes the server's shutdown fail (jupyter_client's InvalidStateError).
+    jp_asyncio_loop.run_until_complete(shut_down_kernels(sessions_app.serverapp.kernel_manager))
     # Stop the scheduler and the start tasks first, so that nothing starts a session behind the
     # cleanup's back.
     jp_asyncio_loop.run_until_complete(sessions_app.scheduler.stop())
