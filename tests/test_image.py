@@ -106,7 +106,15 @@ def test_image_tag_changes_with_the_recipe() -> None:
 
 def test_recipe_pins_every_top_level_package() -> None:
     names = [p.split("==")[0] for p in DEFAULT_RECIPE.python_packages]
-    assert names == ["ipykernel", "ipywidgets", "jupyterlab", "numpy", "pandas", "matplotlib"]
+    assert names == [
+        "ipykernel",
+        "ipywidgets",
+        "jupyterlab",
+        "notebook",
+        "numpy",
+        "pandas",
+        "matplotlib",
+    ]
     assert all(re.fullmatch(r"[\w-]+==\d+(\.\d+)+", p) for p in DEFAULT_RECIPE.python_packages)
     assert "ipywidgets==8." in " ".join(DEFAULT_RECIPE.python_packages)
 

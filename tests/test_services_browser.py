@@ -142,3 +142,67 @@ async def test_jupyterlab_in_a_session_loads_through_the_proxy_and_runs_a_cell(
     await page.screenshot(path=str(artifacts_dir / "jupyterlab-in-session.png"))
     assert (artifacts_dir / "jupyterlab-in-session.png").stat().st_size > 10_000
     await context.close()
+
+
+async def test_the_terminal_service_is_a_shell_in_the_session_through_the_proxy(
+    api: Api, jp_fetch: Any, browser: Any, artifacts_dir: Path
+) -> None:
+    """The image's `terminal` service: a terminal page whose keystrokes and output travel over
+    the proxied WebSocket; the shell runs in the session's container as the image's user."""
+    created = await api("POST", "sessions", body={"name": "shell", "max_wait_seconds": 120})
+    assert created.code == 201 and created.body["status"] == "RUNNING", created.body
+    session_id = created.body["id"]
+    catalog = await api("GET", "sessions", session_id, "services")
+    assert catalog.code == 200, catalog.body
+    assert "terminal" in {s["name"] for s in catalog.body["services"]}, catalog.body
+    response = await jp_fetch(
+        "jupyter-sessions",
+        "api",
+        "sessions",
+        session_id,
+        "services",
+        "terminal",
+        "start",
+        method="POST",
+        body=b"{}",
+        request_timeout=300,
+    )
+    url = json.loads(response.body)["url"]
+    assert f"{session_id}-terminal.localhost" in url
+
+    context = await browser.new_context()
+    page = await context.new_page()
+    # What the shell sends back, as terminado's frames on the page's WebSocket (xterm.js draws
+    # on a canvas, so the screen's text is not in the DOM).
+    received: list[str] = []
+    prompt: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+
+    def on_websocket(socket: Any) -> None:
+        if "/terminals/websocket/" not in socket.url:
+            return
+        assert f"{session_id}-terminal.localhost" in socket.url, socket.url
+
+        def on_frame(payload: str | bytes) -> None:
+            text = payload if isinstance(payload, str) else payload.decode(errors="replace")
+            received.append(text)
+            if text.startswith('["stdout"') and not prompt.done():
+                prompt.set_result(text)
+
+        socket.on("framereceived", on_frame)
+
+    page.on("websocket", on_websocket)
+    await page.goto(url, timeout=180_000)
+    # The page goes to the service's default URL, terminal "1".
+    assert page.url.split("?")[0].endswith("/terminals/1"), (page.url, await page.content())
+    await asyncio.wait_for(prompt, timeout=180)  # the shell's prompt came back
+    await page.locator(".xterm-helper-textarea").focus()
+    await page.keyboard.type("echo shell-$((6*7)) as $(id -un) in $(hostname)\n")
+    container_host = created.body["kernels"][0]["container_id"][:12]
+    expected = f"shell-42 as work in {container_host}"
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 120
+    while not any(expected in frame for frame in received):
+        assert loop.time() < deadline, received
+        await asyncio.sleep(0.2)
+    await page.screenshot(path=str(artifacts_dir / "terminal-in-session.png"))
+    await context.close()

@@ -50,8 +50,29 @@ JUPYTER_SERVICE: Service = {
 }
 
 
+#: A shell in the session: Jupyter Notebook's terminal page (xterm.js over terminado), opened on
+#: terminal "1" of its own server, the same shell a JupyterLab terminal gets.
+TERMINAL_SERVICE: Service = {
+    "name": "terminal",
+    "protocol": "http",
+    "port": 8890,
+    "command": [
+        "jupyter",
+        "notebook",
+        "--ip=0.0.0.0",
+        "--port={port}",
+        "--no-browser",
+        "--ServerApp.base_url={base_url}",
+        "--IdentityProvider.token=",
+        "--ServerApp.allow_origin=*",
+        "--JupyterNotebookApp.default_url=/terminals/1",
+    ],
+    "description": "a shell in the session (a terminal page)",
+}
+
+
 def _default_services() -> list[Service]:
-    return [dict(JUPYTER_SERVICE, command=list(JUPYTER_SERVICE["command"]))]
+    return [dict(s, command=list(s["command"])) for s in (JUPYTER_SERVICE, TERMINAL_SERVICE)]
 
 
 @dataclass(frozen=True)
@@ -84,6 +105,8 @@ class Recipe:
         "ipykernel==7.4.0",
         "ipywidgets==8.1.9",
         "jupyterlab==4.6.6",
+        # The terminal service's page (7.6 is the line built for JupyterLab 4.6).
+        "notebook==7.6.5",
         "numpy==2.4.6",
         "pandas==3.1.1",
         "matplotlib==3.11.2",
