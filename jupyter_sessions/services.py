@@ -26,6 +26,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .actions.services import (
@@ -37,6 +38,7 @@ from .actions.services import (
     StartServiceAction,
     StartServiceResult,
 )
+from .agents import stop_listener
 from .agents.base import Agent, ExecProcess
 from .errors import (
     AgentError,
@@ -56,6 +58,8 @@ if TYPE_CHECKING:
     from .service import SessionService
 
 LABEL_SERVICES = "org.jupyter.sessions.services"
+#: The program that stops an adopted service inside its container (its own module's source).
+STOP_LISTENER = Path(stop_listener.__file__).read_text(encoding="utf-8")
 PROTOCOLS = ("http", "ws", "tcp")
 #: A DNS label once joined to the session id (``<id>-<name>``), so the host name stays valid.
 SERVICE_NAME = re.compile(r"^[a-z](?:[a-z0-9-]{0,22}[a-z0-9])?$")
@@ -313,6 +317,10 @@ class RunningService:
     status: str = "starting"
     exit_code: int | None = None
     pump: asyncio.Task[None] | None = None
+    #: The agent and container of a service found answering on its port after a server restart
+    #: and taken over (no process handle): shutting it down asks the container to stop what
+    #: listens there (agents/stop_listener.py).
+    adopted_from: tuple[Agent, str] | None = None
 
     @property
     def knows_base_url(self) -> bool:
@@ -594,12 +602,17 @@ class ServicesService:
             raise InvalidRequest(f"service {spec.name} declares no command")
         if spec.source == "preopen" and (action.arguments or action.environ):
             raise InvalidRequest("a preopened port takes no arguments or environment")
-        if spec.source != "preopen" and await probe(host, port, "tcp"):
-            raise Conflict(
-                f"port {port} is taken in the session (by a process of its own, or by this "
-                "service started before the server restarted: a session restart clears it)",
-                port=port,
-            )
+        taken = spec.source != "preopen" and await probe(host, port, "tcp")
+        if taken and not (agent.kernels_outlive_server and port == spec.port):
+            raise Conflict(f"port {port} is taken by another process of the session", port=port)
+        if taken:
+            holders = await self._in_container(agent, ref, "check", port)
+            if holders.get("foreign") or not holders.get("ours"):
+                raise Conflict(
+                    f"port {port} is taken by another process of the session (not a service "
+                    "this server started)",
+                    port=port,
+                )
         running = RunningService(
             session_id=session.id,
             owner_access_key=session.owner_access_key,
@@ -609,6 +622,14 @@ class ServicesService:
             base_url=base_url,
             started_at=datetime.now(UTC),
         )
+        if taken:
+            # This service, started by a server before it restarted (containers outlive the
+            # server; this registry does not): take it over rather than refuse.
+            running.adopted_from = (agent, ref)
+            running.status = "running" if await probe(host, port, spec.protocol) else "unhealthy"
+            self._running[(session.id, spec.name)] = running
+            self._publish(running, "adopted: it was answering on its port already")
+            return running
         if spec.source == "preopen":
             # The user's own app listens there (or will): registering it lets the proxy reach it.
             running.status = "running" if await probe(host, port, "http") else "unhealthy"
@@ -674,6 +695,36 @@ class ServicesService:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await asyncio.wait_for(running.pump, 5)
 
+    async def _in_container(self, agent: Agent, ref: str, operation: str, port: int) -> Any:
+        """stop_listener's ``check`` or ``stop`` of ``port``, run in the container."""
+        argv = ["python3", "-I", "-c", STOP_LISTENER, operation, str(port)]
+        process = await agent.exec(ref, argv)
+        output = []
+        while (chunk := await process.read()) is not None:
+            output.append(chunk[1])
+        code = await process.wait()
+        lines = "".join(output).strip().splitlines()
+        try:
+            answer = json.loads(lines[-1]) if code == 0 and lines else None
+        except ValueError:
+            answer = None
+        if not isinstance(answer, dict):
+            tail = "".join(output)[-300:]
+            raise AgentError(f"could not {operation} what listens on port {port}: {tail}")
+        return answer
+
+    async def _stop_adopted(self, running: RunningService, agent: Agent, ref: str) -> None:
+        """Stop an adopted service from inside its container: only a process group that an
+        ``exec`` of ours started is signalled; anything else holding the port is reported."""
+        answer = await self._in_container(agent, ref, "stop", running.port)
+        if answer.get("foreign"):
+            pids = ", ".join(str(pid) for pid in answer["foreign"])
+            raise Conflict(
+                f"port {running.port} is held by a process this server did not start (pid "
+                f"{pids}): stop it inside the session",
+                port=running.port,
+            )
+
     async def shutdown_service(self, action: ShutdownServiceAction) -> ServiceView:
         session = await self.sessions._resolve(action)
         key = (session.id, action.service)
@@ -690,8 +741,11 @@ class ServicesService:
                 raise NotFound(f"no service {action.service!r} in this session")
             raise InvalidStatus(f"service {action.service} is not running")
         async with self._starting.setdefault(key, asyncio.Lock()):
-            self._running.pop(key, None)
+            if running.adopted_from is not None:
+                # May refuse (not a process of ours): the service then stays registered.
+                await self._stop_adopted(running, *running.adopted_from)
             await self._stop(running)
+            self._running.pop(key, None)
             self._publish(running, "shut down")
         return self._view(running.spec, running)
 

@@ -406,13 +406,33 @@ async def test_taken_ports_conflict_and_health_is_rechecked(
     assert (await api("POST", "sessions", session_id, "services", "http", "shutdown")).code == 409
     await start(api, session_id, "http")
     # What a server restart does to the registry (services live in its memory): the service
-    # keeps running in the container, is listed as unmanaged, and starting it again is a 409.
+    # keeps running in the container and is listed as unmanaged; starting it takes it over
+    # (its process group is one an exec of ours started), and the proxy reaches it again.
     sessions_app.service.services._running.clear()
     listed = await api("GET", "sessions", session_id, "services")
     by_name = {s["name"]: s for s in listed.body["services"]}
     assert by_name["http"]["status"] == "unmanaged" and by_name["echo"]["status"] == "stopped"
-    again = await api("POST", "sessions", session_id, "services", "http", "start")
-    assert again.code == 409 and "restart" in again.body["message"]
+    adopted = await start(api, session_id, "http")
+    assert adopted["service"]["status"] == "running", adopted
+    host, cookie_value = await enter(port, adopted["url"])
+    assert (await fetch(port, host, "/", cookie=cookie_value)).code == 200
+    # Shutting the adopted service down stops its process inside the container.
+    stopped = await api("POST", "sessions", session_id, "services", "http", "shutdown")
+    assert stopped.code == 200 and stopped.body["service"]["status"] == "stopped", stopped.body
+    listed = await api("GET", "sessions", session_id, "services")
+    http = next(s for s in listed.body["services"] if s["name"] == "http")
+    assert http["status"] == "stopped", http  # nothing answers on 8000 any more
+    # A process of the user's own on the declared port is never taken over.
+    await run(
+        api,
+        session_id,
+        "import subprocess\nsubprocess.Popen(['python3', '-m', 'http.server', '8000'], "
+        "stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)\nimport socket, time\n"
+        "for _ in range(100):\n    try:\n        socket.create_connection(('127.0.0.1', 8000))"
+        ".close(); break\n    except OSError: time.sleep(0.1)",
+    )
+    foreign = await api("POST", "sessions", session_id, "services", "http", "start")
+    assert foreign.code == 409 and "not a service" in foreign.body["message"], foreign.body
 
 
 async def test_a_second_user_gets_404_and_status_events_are_published(
