@@ -58,7 +58,7 @@ if TYPE_CHECKING:
     from .service import SessionService
 
 LABEL_SERVICES = "org.jupyter.sessions.services"
-#: The program that stops an adopted service inside its container (its own module's source).
+#: The program that checks who holds a service's port inside its container, and stops it.
 STOP_LISTENER = Path(stop_listener.__file__).read_text(encoding="utf-8")
 PROTOCOLS = ("http", "ws", "tcp")
 #: A DNS label once joined to the session id (``<id>-<name>``), so the host name stays valid.

@@ -70,6 +70,24 @@ def exec_groups() -> set[int]:
     return leaders
 
 
+def protected_groups() -> set[int]:
+    """The groups of the container's init and of its children (the kernel): never ours to
+    signal, whatever a stale pid file says (``exec``'d processes have no parent in here)."""
+    groups = set()
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", encoding="ascii", errors="replace") as stat:
+                # The command may hold spaces and parentheses: the fields after the last ")".
+                parent = int(stat.read().rsplit(")", 1)[1].split()[1])
+            if entry == "1" or parent == 1:
+                groups.add(os.getpgid(int(entry)))
+        except (OSError, ValueError, IndexError):
+            continue
+    return groups
+
+
 def alive(pgid: int) -> bool:
     try:
         os.killpg(pgid, 0)
@@ -82,7 +100,7 @@ def alive(pgid: int) -> bool:
 
 def check(port: int) -> dict[str, list[int]]:
     """Who listens on ``port``: process groups an ``exec`` of ours started, and other pids."""
-    ours, groups, foreign = exec_groups(), set(), set()
+    ours, groups, foreign = exec_groups() - protected_groups(), set(), set()
     for pid in holders(listening_inodes(port)):
         try:
             pgid = os.getpgid(pid)
