@@ -131,6 +131,20 @@ async def wait_for_service_page(page: Any) -> None:
         await page.reload()
 
 
+async def wait_kernel_connected(page: Any) -> None:
+    """Until the current notebook or console has its kernel, connected and idle: a cell run
+    before that is dropped silently (the toolbar says "idle" even before there is a kernel)."""
+    await page.wait_for_function(
+        """() => {
+            const context = window.jupyterapp.shell.currentWidget?.sessionContext;
+            const kernel = context?.session?.kernel;
+            return !!kernel && kernel.connectionStatus === 'connected' && kernel.status === 'idle';
+        }""",
+        timeout=SLOW_MS,
+        polling=200,
+    )
+
+
 async def show_view(page: Any, view: str) -> Any:
     await page.click(f'#jupyter-sessions-panel .jp-SessionsTab[data-view="{view}"]')
     return page.locator("#jupyter-sessions-panel .jp-SessionsView")
@@ -156,6 +170,7 @@ async def open_notebook_on_session(
     )
     notebook = notebooks.nth(count)
     await notebook.wait_for(timeout=SLOW_MS)
+    await wait_kernel_connected(page)
     [kernel_id] = set(jp_serverapp.kernel_manager.list_kernel_ids()) - kernels_before
     cell = notebook.locator(".jp-Cell .cm-content").first
     await cell.click()
@@ -195,6 +210,7 @@ async def open_notebook_on_session(
     await page.click('#jupyter-sessions-panel button[data-command="jupyter-sessions:open-console"]')
     console = page.locator(".jp-CodeConsole").last
     await console.wait_for(timeout=SLOW_MS)
+    await wait_kernel_connected(page)
     await console.locator(".jp-CodeConsole-input .cm-content").click()
     await page.keyboard.type("print('console sees', from_notebook, 'on', os.uname().nodename)")
     await page.keyboard.press("Shift+Enter")
@@ -393,6 +409,7 @@ async def test_a_notebook_cell_runs_in_a_session_that_the_panel_shows(
         await page.locator(
             '#jupyter-sessions-panel li[data-session-name^="kernel-"][data-status="RUNNING"]'
         ).wait_for(timeout=SLOW_MS)
+        await wait_kernel_connected(page)
         cell = notebook.locator(".jp-Cell .cm-content").first
         await cell.click()
         await page.keyboard.type("import os; print('uid', os.getuid(), 'in', os.uname().nodename)")

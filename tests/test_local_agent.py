@@ -56,7 +56,9 @@ async def run(handle: KernelHandle, code: str) -> str:
     """Run code on the kernel over ZMQ with the handle's connection; return its stdout."""
     client = AsyncKernelClient()
     client.load_connection_info(handle.connection)  # type: ignore[arg-type]
-    client.start_channels()
+    # No heartbeat channel: on a busy machine a just-started kernel's first beat can be late, and
+    # a bare client's wait_for_ready takes a missed beat for a dead kernel.
+    client.start_channels(hb=False)
     try:
         await client.wait_for_ready(timeout=WAIT)
         out: list[str] = []
