@@ -147,11 +147,23 @@ async def test_a_long_run_answers_continued_then_finished(api: Api, session_id: 
 
 async def test_interrupt_stops_an_endless_loop(api: Api, session_id: str) -> None:
     first = await execute(
-        api, session_id, mode="query", code="while True: pass", options={"flush_interval": 0.3}
+        api,
+        session_id,
+        mode="query",
+        code="print('looping', flush=True)\nwhile True: pass",
+        options={"flush_interval": 0.3},
     )
     assert first["status"] == "continued"
+    # Interrupt once the loop runs (an interrupt before the cell starts would miss it).
+    seen = text_of(first["console"], "stdout")
+    while "looping" not in seen:
+        more = await execute(api, session_id, mode="continue", run_id=first["run_id"])
+        assert more["status"] == "continued", more
+        seen += text_of(more["console"], "stdout")
     assert (await api("POST", "sessions", session_id, "interrupt")).code == 200
-    result = await execute(api, session_id, mode="continue", run_id=first["run_id"])
+    result = await until_not_continued(
+        api, session_id, await execute(api, session_id, mode="continue", run_id=first["run_id"])
+    )
     assert result["status"] == "finished", result
     assert result["exit_code"] == 1
     assert "KeyboardInterrupt" in text_of(result["console"], "stderr")
