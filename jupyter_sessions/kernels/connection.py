@@ -11,6 +11,7 @@ import contextlib
 import queue
 from typing import Any
 
+import zmq
 from jupyter_client.asynchronous import AsyncKernelClient
 
 from ..errors import Timeout
@@ -30,6 +31,12 @@ class KernelConnections:
         if client is None:
             client = AsyncKernelClient()
             client.load_connection_info(connection)  # type: ignore[arg-type]
+            # The stdin socket queues messages only on completed connections, so it polls
+            # writable once connected (``_stdin_connected``). It is made first, alone with that
+            # option: on the heartbeat's blocking REQ socket it could block a stop forever.
+            client.context.setsockopt(zmq.IMMEDIATE, 1)
+            assert client.stdin_channel is not None  # made (and connecting) now
+            client.context.setsockopt(zmq.IMMEDIATE, 0)
             client.start_channels()
             self._clients[kernel_id] = client
         return client
@@ -54,6 +61,7 @@ class KernelConnections:
         client = self.client(kernel_id, connection)
         try:
             await asyncio.wait_for(self._kernel_info(client), timeout)
+            await asyncio.wait_for(self._stdin_connected(client), timeout)
         except TimeoutError:
             self.close(kernel_id)
             raise Timeout(f"the kernel did not answer within {timeout:g} s") from None
@@ -84,6 +92,19 @@ class KernelConnections:
                 while True:
                     await client.get_iopub_msg(timeout=0.05)
             return
+
+    @staticmethod
+    async def _stdin_connected(client: AsyncKernelClient) -> None:
+        """Return once the stdin channel is connected.
+
+        Each socket connects on its own, retrying while the kernel (or Docker's port relay) is
+        not ready, so shell answering says nothing of stdin. The kernel sends ``input_request``
+        on stdin to the client's identity, and drops it if that client is not connected yet:
+        a run that calls ``input()`` just after start would then wait for an answer forever.
+        """
+        socket = client.stdin_channel.socket
+        while not await socket.poll(timeout=100, flags=zmq.POLLOUT):
+            continue
 
     def close(self, kernel_id: str) -> None:
         channel = self._channels.pop(kernel_id, None)
