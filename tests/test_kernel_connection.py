@@ -11,28 +11,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import secrets
-import uuid
-from collections.abc import Iterator
-from pathlib import Path
 
-import pytest
-
-from jupyter_sessions.agents.base import KernelSpec
-from jupyter_sessions.agents.local import LOCAL_IMAGE, LocalAgent
+from jupyter_sessions.agents.local import LocalAgent
 from jupyter_sessions.kernels.connection import KernelConnections
 from jupyter_sessions.kernels.runs import WAITING_INPUT
-from jupyter_sessions.types import ResourceSlot
+
+from .test_local_agent import agent, make_spec  # noqa: F401 - the local agent fixture
 
 #: How long the relay drops connections before it starts relaying.
 REFUSING_SECONDS = 2.0
-
-
-@pytest.fixture
-def agent(tmp_path: Path, jp_asyncio_loop: asyncio.AbstractEventLoop) -> Iterator[LocalAgent]:
-    local = LocalAgent(installation_id=uuid.uuid4().hex[:12], root_dir=tmp_path / "local")
-    yield local
-    jp_asyncio_loop.run_until_complete(local.close())
 
 
 class SlowRelay:
@@ -69,16 +56,10 @@ class SlowRelay:
             self.server.close()
 
 
-async def test_ready_waits_for_stdin_so_a_first_input_is_not_lost(agent: LocalAgent) -> None:
-    spec = KernelSpec(
-        session_id=str(uuid.uuid4()),
-        kernel_name="main1",
-        image=LOCAL_IMAGE,
-        resources=ResourceSlot.parse({"cpu": 1}),
-        environ={},
-        key=secrets.token_hex(32),
-    )
-    handle = await agent.create_kernel(spec)
+async def test_ready_waits_for_stdin_so_a_first_input_is_not_lost(
+    agent: LocalAgent,  # noqa: F811 - the fixture imported above
+) -> None:
+    handle = await agent.create_kernel(make_spec())
     loop = asyncio.get_running_loop()
     relay = SlowRelay(int(handle.connection["stdin_port"]), loop.time() + REFUSING_SECONDS)
     connection = {**handle.connection, "stdin_port": await relay.start()}

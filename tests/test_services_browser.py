@@ -61,6 +61,24 @@ def watch_kernel_socket(page: Any) -> asyncio.Future[str]:
     return ready
 
 
+async def start_service(jp_fetch: Any, session_id: str, name: str) -> dict[str, Any]:
+    """Start a service; a Jupyter server takes a while to answer on a busy machine, so the
+    client waits long."""
+    response = await jp_fetch(
+        "jupyter-sessions",
+        "api",
+        "sessions",
+        session_id,
+        "services",
+        name,
+        "start",
+        method="POST",
+        body=b"{}",
+        request_timeout=300,
+    )
+    return dict(json.loads(response.body))
+
+
 @pytest.fixture
 def sessions_config(sessions_config: dict[str, Any], kernel_image: str) -> dict[str, Any]:
     sessions_config["default_image"] = kernel_image
@@ -83,20 +101,7 @@ async def test_jupyterlab_in_a_session_loads_through_the_proxy_and_runs_a_cell(
         "POST", "sessions", session_id, "execute", body={"mode": "query", "code": code}
     )
     assert wrote.code == 200 and wrote.body["exit_code"] == 0, wrote.body
-    # JupyterLab takes a while to answer on a busy machine: a long client timeout.
-    response = await jp_fetch(
-        "jupyter-sessions",
-        "api",
-        "sessions",
-        session_id,
-        "services",
-        "jupyter",
-        "start",
-        method="POST",
-        body=b"{}",
-        request_timeout=300,
-    )
-    started = json.loads(response.body)
+    started = await start_service(jp_fetch, session_id, "jupyter")
     url = started["url"]
     assert started["service"]["status"] == "running"
     assert f"{session_id}-jupyter.localhost" in url
@@ -155,19 +160,7 @@ async def test_the_terminal_service_is_a_shell_in_the_session_through_the_proxy(
     catalog = await api("GET", "sessions", session_id, "services")
     assert catalog.code == 200, catalog.body
     assert "terminal" in {s["name"] for s in catalog.body["services"]}, catalog.body
-    response = await jp_fetch(
-        "jupyter-sessions",
-        "api",
-        "sessions",
-        session_id,
-        "services",
-        "terminal",
-        "start",
-        method="POST",
-        body=b"{}",
-        request_timeout=300,
-    )
-    url = json.loads(response.body)["url"]
+    url = (await start_service(jp_fetch, session_id, "terminal"))["url"]
     assert f"{session_id}-terminal.localhost" in url
 
     context = await browser.new_context()

@@ -33,22 +33,29 @@ CONNECTION_FILE = "/tmp/connection.json"  # noqa: S108
 #: `{port}` and `{base_url}` placeholders are filled in when the service is started.
 Service = dict[str, Any]
 
-JUPYTER_SERVICE: Service = {
-    "name": "jupyter",
-    "protocol": "http",
-    "port": 8888,
-    "command": [
+
+def _jupyter_server_command(app: str, *options: str) -> list[str]:
+    """``jupyter <app>`` for the proxy: all interfaces, the proxy's base URL, no token of its
+    own (the proxy authenticates), any origin (the proxy gives it one of its own)."""
+    return [
         "jupyter",
-        "lab",
+        app,
         "--ip=0.0.0.0",
         "--port={port}",
         "--no-browser",
         "--ServerApp.base_url={base_url}",
         "--IdentityProvider.token=",
         "--ServerApp.allow_origin=*",
-    ],
-}
+        *options,
+    ]
 
+
+JUPYTER_SERVICE: Service = {
+    "name": "jupyter",
+    "protocol": "http",
+    "port": 8888,
+    "command": _jupyter_server_command("lab"),
+}
 
 #: A shell in the session: Jupyter Notebook's terminal page (xterm.js over terminado), opened on
 #: terminal "1" of its own server, the same shell a JupyterLab terminal gets.
@@ -56,17 +63,7 @@ TERMINAL_SERVICE: Service = {
     "name": "terminal",
     "protocol": "http",
     "port": 8890,
-    "command": [
-        "jupyter",
-        "notebook",
-        "--ip=0.0.0.0",
-        "--port={port}",
-        "--no-browser",
-        "--ServerApp.base_url={base_url}",
-        "--IdentityProvider.token=",
-        "--ServerApp.allow_origin=*",
-        "--JupyterNotebookApp.default_url=/terminals/1",
-    ],
+    "command": _jupyter_server_command("notebook", "--JupyterNotebookApp.default_url=/terminals/1"),
     "description": "a shell in the session (a terminal page)",
 }
 
