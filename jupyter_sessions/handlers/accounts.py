@@ -30,6 +30,7 @@ from ..repository.accounts import POLICY_LIMITS, ResourcePolicyData
 from ..repository.repository import AuditEntry, KeypairData
 from ..serialize import iso
 from .base import API_PREFIX, SessionsAPIHandler
+from .schema import ERROR, ERRORS, json_response
 
 ACCESS_KEY = r"(?P<access_key>[^/]+)"
 POLICY_NAME = r"(?P<name>[^/]+)"
@@ -72,8 +73,6 @@ def audit_json(entry: AuditEntry) -> dict[str, Any]:
 
 # --- OpenAPI pieces (inline: the shared component list lives in openapi.py) --------------------
 
-_ERROR = {"$ref": "#/components/responses/Error"}
-ERRORS = {"400": _ERROR, "401": _ERROR, "403": _ERROR}
 _NULLABLE_INT = {"type": ["integer", "null"], "minimum": 0}
 _SLOTS = {"$ref": "#/components/schemas/Resources"}
 KEYPAIR_SCHEMA: dict[str, Any] = {
@@ -133,12 +132,8 @@ AUDIT_SCHEMA: dict[str, Any] = {
 }
 
 
-def _json(schema: Mapping[str, Any], description: str) -> dict[str, Any]:
-    return {"description": description, "content": {"application/json": {"schema": schema}}}
-
-
 def _list_of(key: str, item: Mapping[str, Any], description: str) -> dict[str, Any]:
-    return _json(
+    return json_response(
         {
             "type": "object",
             "properties": {
@@ -189,7 +184,7 @@ class KeypairsHandler(AccountsAPIHandler):
                     },
                 }
             ),
-            "responses": {"201": _json(NEW_KEYPAIR_SCHEMA, "The new keypair"), **ERRORS},
+            "responses": {"201": json_response(NEW_KEYPAIR_SCHEMA, "The new keypair"), **ERRORS},
         },
     }
 
@@ -224,10 +219,10 @@ class KeypairHandler(AccountsAPIHandler):
                 {"name": "access_key", "in": "path", "required": True, "schema": {"type": "string"}}
             ],
             "responses": {
-                "200": _json(KEYPAIR_SCHEMA, "The revoked keypair"),
+                "200": json_response(KEYPAIR_SCHEMA, "The revoked keypair"),
                 **ERRORS,
-                "404": _ERROR,
-                "409": _ERROR,
+                "404": ERROR,
+                "409": ERROR,
             },
         },
     }
@@ -263,9 +258,9 @@ class ResourcePoliciesHandler(AccountsAPIHandler):
                 }
             ),
             "responses": {
-                "201": _json(POLICY_SCHEMA, "The new policy"),
+                "201": json_response(POLICY_SCHEMA, "The new policy"),
                 **ERRORS,
-                "409": _ERROR,
+                "409": ERROR,
             },
         },
     }
@@ -302,7 +297,11 @@ class ResourcePolicyHandler(AccountsAPIHandler):
             "operationId": "get_resource_policy",
             "summary": "One resource policy",
             "parameters": [_NAME_PARAM],
-            "responses": {"200": _json(POLICY_SCHEMA, "The policy"), **ERRORS, "404": _ERROR},
+            "responses": {
+                "200": json_response(POLICY_SCHEMA, "The policy"),
+                **ERRORS,
+                "404": ERROR,
+            },
         },
         "patch": {
             "operationId": "modify_resource_policy",
@@ -317,9 +316,9 @@ class ResourcePolicyHandler(AccountsAPIHandler):
                 }
             ),
             "responses": {
-                "200": _json(POLICY_SCHEMA, "The changed policy"),
+                "200": json_response(POLICY_SCHEMA, "The changed policy"),
                 **ERRORS,
-                "404": _ERROR,
+                "404": ERROR,
             },
         },
     }
@@ -355,7 +354,7 @@ class AuditLogHandler(AccountsAPIHandler):
                 }
             ],
             "responses": {
-                "200": _json(
+                "200": json_response(
                     {
                         "type": "object",
                         "properties": {

@@ -26,10 +26,9 @@ from ..actions.agents import (
 from ..actions.info import ListAgentsAction
 from ..serialize import agent_json
 from .base import API_PREFIX, SessionsAPIHandler
+from .schema import ERROR, ERRORS, json_response
 
 AGENT_ID = r"(?P<agent_id>[^/]+)"
-_ERROR = {"$ref": "#/components/responses/Error"}
-ERRORS = {"400": _ERROR, "401": _ERROR, "403": _ERROR}
 _AGENT = {"$ref": "#/components/schemas/Agent"}
 GROUP_SCHEMA: dict[str, Any] = {
     "type": "object",
@@ -43,12 +42,8 @@ GROUP_SCHEMA: dict[str, Any] = {
 }
 
 
-def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
-    return {"description": description, "content": {"application/json": {"schema": schema}}}
-
-
 def _list_of(key: str, item: dict[str, Any], description: str) -> dict[str, Any]:
-    return _json(
+    return json_response(
         {
             "type": "object",
             "properties": {key: {"type": "array", "items": item}, "total": {"type": "integer"}},
@@ -100,11 +95,11 @@ class AgentsHandler(AdminAPIHandler):
                 }
             ),
             "responses": {
-                "201": _json(_AGENT, "The registered agent"),
+                "201": json_response(_AGENT, "The registered agent"),
                 **ERRORS,
-                "404": _ERROR,
-                "409": _ERROR,
-                "503": _ERROR,
+                "404": ERROR,
+                "409": ERROR,
+                "503": ERROR,
             },
         },
     }
@@ -139,8 +134,8 @@ class AgentHandler(AdminAPIHandler):
             "responses": {
                 "204": {"description": "Removed"},
                 **ERRORS,
-                "404": _ERROR,
-                "409": _ERROR,
+                "404": ERROR,
+                "409": ERROR,
             },
         },
     }
@@ -179,7 +174,7 @@ class ScalingGroupsHandler(AdminAPIHandler):
                     },
                 }
             ),
-            "responses": {"200": _json(GROUP_SCHEMA, "The scaling group"), **ERRORS},
+            "responses": {"200": json_response(GROUP_SCHEMA, "The scaling group"), **ERRORS},
         },
     }
 

@@ -17,7 +17,8 @@ from tornado.iostream import StreamClosedError
 from ..events import SubscribeEventsAction, Subscription, sse_frame
 from .base import API_PREFIX, SessionsAPIHandler
 from .execute import _nodelay
-from .sessions import ERRORS, OWNER_PARAM
+from .schema import ERROR, ERRORS
+from .sessions import OWNER_PARAM
 
 KEEPALIVE_SECONDS = 15.0
 
@@ -49,7 +50,7 @@ class EventsHandler(SessionsAPIHandler):
                     "content": {"text/event-stream": {}},
                 },
                 **ERRORS,
-                "404": {"$ref": "#/components/responses/Error"},
+                "404": ERROR,
             },
         },
     }

@@ -34,14 +34,11 @@ from ..errors import InvalidRequest, PermissionDenied, SessionsError, Unauthenti
 from ..kernels.runs import EXEC_TIMEOUT, FINISHED, WAITING_INPUT, RunSnapshot, RunStream
 from ..serialize import iso
 from .base import SessionsAPIHandler, SessionsHandlerMixin
-from .sessions import ERRORS, OWNER_PARAM, REF_PARAM, _json
+from .schema import ERRORS, error_responses, json_response
+from .sessions import OWNER_PARAM, REF_PARAM
 
 EXECUTE_RESULT = {"$ref": "#/components/schemas/ExecuteResult"}
-MORE_ERRORS = {
-    "404": {"$ref": "#/components/responses/Error"},
-    "409": {"$ref": "#/components/responses/Error"},
-    "504": {"$ref": "#/components/responses/Error"},
-}
+MORE_ERRORS = error_responses(404, 409, 504)
 
 
 def result_json(result: ExecuteResult | RunSnapshot) -> dict[str, Any]:
@@ -75,7 +72,7 @@ class ExecuteHandler(SessionsAPIHandler):
                 },
             },
             "responses": {
-                "200": _json(EXECUTE_RESULT, "The run's status and console so far"),
+                "200": json_response(EXECUTE_RESULT, "The run's status and console so far"),
                 **ERRORS,
                 **MORE_ERRORS,
             },
@@ -103,7 +100,11 @@ class InterruptHandler(SessionsAPIHandler):
             "operationId": "interrupt",
             "summary": "Interrupt what runs in the session's kernel (KeyboardInterrupt)",
             "parameters": [REF_PARAM, OWNER_PARAM],
-            "responses": {"200": _json({"type": "object"}, "Interrupted"), **ERRORS, **MORE_ERRORS},
+            "responses": {
+                "200": json_response({"type": "object"}, "Interrupted"),
+                **ERRORS,
+                **MORE_ERRORS,
+            },
         },
     }
 
@@ -141,7 +142,7 @@ class CompleteHandler(SessionsAPIHandler):
                 },
             },
             "responses": {
-                "200": _json(
+                "200": json_response(
                     {
                         "type": "object",
                         "properties": {
@@ -268,7 +269,7 @@ class UsageHandler(SessionsAPIHandler):
             "summary": "What each kernel uses now, and the sampled series of the main kernel",
             "parameters": [REF_PARAM, OWNER_PARAM],
             "responses": {
-                "200": _json(
+                "200": json_response(
                     {
                         "type": "object",
                         "properties": {

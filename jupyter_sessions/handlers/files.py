@@ -33,7 +33,8 @@ from ..actions.files import (
 from ..errors import InvalidRequest, PermissionDenied, SessionsError, TooLarge
 from ..files import content_disposition
 from .base import API_PREFIX, REF, SessionsAPIHandler
-from .sessions import ERRORS, OWNER_PARAM, REF_PARAM, _json
+from .schema import ERROR, ERRORS, error_responses, json_response
+from .sessions import OWNER_PARAM, REF_PARAM
 
 FILES_RESOURCE = "jupyter_sessions:files"
 #: Upload data is handed on in pieces of about this size: fewer hops between loop and thread,
@@ -47,11 +48,7 @@ READ_SIZE = 1 << 20
 #: Room for the multipart framing of many parts on top of the per-request limit of file bytes.
 FRAMING_ALLOWANCE = 16 * 2**20
 ERROR_SCHEMA = {"$ref": "#/components/schemas/Error"}
-MORE_ERRORS = {
-    "404": {"$ref": "#/components/responses/Error"},
-    "409": {"$ref": "#/components/responses/Error"},
-    "502": {"$ref": "#/components/responses/Error"},
-}
+MORE_ERRORS = error_responses(404, 409, 502)
 PATH_PARAM = {
     "name": "path",
     "in": "query",
@@ -146,7 +143,7 @@ class FilesHandler(FilesAPIHandler):
                 {"name": "hidden", "in": "query", "schema": {"type": "boolean", "default": False}},
             ],
             "responses": {
-                "200": _json(
+                "200": json_response(
                     {
                         "type": "object",
                         "properties": {
@@ -187,10 +184,10 @@ class FilesHandler(FilesAPIHandler):
                 }
             },
             "responses": {
-                "201": _json(UPLOADED, "Every file, written (all or none)"),
+                "201": json_response(UPLOADED, "Every file, written (all or none)"),
                 **ERRORS,
                 **MORE_ERRORS,
-                "413": {"$ref": "#/components/responses/Error"},
+                "413": ERROR,
             },
         },
         "delete": {
@@ -207,7 +204,7 @@ class FilesHandler(FilesAPIHandler):
                 },
             ],
             "responses": {
-                "200": _json({"type": "object"}, "What was deleted"),
+                "200": json_response({"type": "object"}, "What was deleted"),
                 **ERRORS,
                 **MORE_ERRORS,
             },
@@ -527,7 +524,7 @@ class MoveFileHandler(FilesAPIHandler):
                 "dst": {"type": "string", "default": "b"},
                 "overwrite": {"type": "boolean", "default": False},
             },
-            ("200", _json({"type": "object"}, "Where it is now")),
+            ("200", json_response({"type": "object"}, "Where it is now")),
         ),
     }
 
@@ -547,7 +544,7 @@ class MakeDirHandler(FilesAPIHandler):
             "make_dir",
             "Make a directory (and its missing parents)",
             {"path": {"type": "string", "default": "new-dir"}},
-            ("201", _json({"type": "object"}, "The directory made")),
+            ("201", json_response({"type": "object"}, "The directory made")),
         ),
     }
 

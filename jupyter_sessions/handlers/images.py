@@ -15,13 +15,11 @@ from ..actions.observability import (
 )
 from ..bgtasks import task_json
 from .base import API_PREFIX, REF, SessionsAPIHandler
-from .sessions import ERRORS, OWNER_PARAM, REF_PARAM, _json
+from .schema import ERROR, ERRORS, error_responses, json_response
+from .sessions import OWNER_PARAM, REF_PARAM
 from .tasks import TASK_SCHEMA
 
-MORE_ERRORS = {
-    "404": {"$ref": "#/components/responses/Error"},
-    "409": {"$ref": "#/components/responses/Error"},
-}
+MORE_ERRORS = error_responses(404, 409)
 
 
 class AbusingReportHandler(SessionsAPIHandler):
@@ -31,7 +29,7 @@ class AbusingReportHandler(SessionsAPIHandler):
             "summary": "Which abuse rules a running session breaks, with the evidence",
             "parameters": [REF_PARAM, OWNER_PARAM],
             "responses": {
-                "200": _json(
+                "200": json_response(
                     {
                         "type": "object",
                         "properties": {
@@ -79,10 +77,10 @@ class CommitHandler(SessionsAPIHandler):
             "tar.gz, as a background task",
             "parameters": [REF_PARAM, OWNER_PARAM],
             "responses": {
-                "202": _json(TASK_SCHEMA, "The task"),
+                "202": json_response(TASK_SCHEMA, "The task"),
                 **ERRORS,
                 **MORE_ERRORS,
-                "502": {"$ref": "#/components/responses/Error"},
+                "502": ERROR,
             },
         },
         "get": {
@@ -90,7 +88,7 @@ class CommitHandler(SessionsAPIHandler):
             "summary": "Whether a commit (or conversion) is ongoing, and the last one's details",
             "parameters": [REF_PARAM, OWNER_PARAM],
             "responses": {
-                "200": _json(
+                "200": json_response(
                     {
                         "type": "object",
                         "properties": {
@@ -102,7 +100,7 @@ class CommitHandler(SessionsAPIHandler):
                     "The commit status",
                 ),
                 **ERRORS,
-                "404": {"$ref": "#/components/responses/Error"},
+                "404": ERROR,
             },
         },
     }
@@ -154,10 +152,10 @@ class ConvertHandler(SessionsAPIHandler):
                 },
             },
             "responses": {
-                "202": _json(TASK_SCHEMA, "The task"),
+                "202": json_response(TASK_SCHEMA, "The task"),
                 **ERRORS,
                 **MORE_ERRORS,
-                "429": {"$ref": "#/components/responses/Error"},
+                "429": ERROR,
             },
         },
     }

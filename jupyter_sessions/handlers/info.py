@@ -10,11 +10,9 @@ from ..actions.observability import DeleteImageAction
 from ..errors import InvalidRequest
 from ..serialize import image_json
 from .base import SessionsAPIHandler
+from .schema import ERROR, error_responses
 
-ERRORS = {
-    "401": {"$ref": "#/components/responses/Error"},
-    "403": {"$ref": "#/components/responses/Error"},
-}
+ERRORS = error_responses(401, 403)
 
 
 class ImagesHandler(SessionsAPIHandler):
@@ -58,9 +56,9 @@ class ImagesHandler(SessionsAPIHandler):
             ],
             "responses": {
                 "200": {"description": "Removed", "content": {"application/json": {}}},
-                "400": {"$ref": "#/components/responses/Error"},
-                "404": {"$ref": "#/components/responses/Error"},
-                "409": {"$ref": "#/components/responses/Error"},
+                "400": ERROR,
+                "404": ERROR,
+                "409": ERROR,
                 **ERRORS,
             },
         },

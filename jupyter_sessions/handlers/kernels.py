@@ -7,7 +7,8 @@ from tornado import web
 
 from ..actions.kernels import GetKernelConnectionAction, OpenJupyterKernelAction
 from .base import API_PREFIX, REF, SessionsAPIHandler
-from .sessions import ERRORS, OWNER_PARAM, REF_PARAM, _json
+from .schema import ERROR, ERRORS, json_response
+from .sessions import OWNER_PARAM, REF_PARAM
 
 KERNEL_PARAM = {
     "name": "kernel",
@@ -42,10 +43,10 @@ class KernelConnectionHandler(SessionsAPIHandler):
             "process needs; as powerful as execute, so the session's owner or an admin only",
             "parameters": [REF_PARAM, KERNEL_PARAM, OWNER_PARAM],
             "responses": {
-                "200": _json(CONNECTION, "The connection info"),
+                "200": json_response(CONNECTION, "The connection info"),
                 **ERRORS,
-                "404": {"$ref": "#/components/responses/Error"},
-                "409": {"$ref": "#/components/responses/Error"},
+                "404": ERROR,
+                "409": ERROR,
             },
         },
     }
@@ -73,7 +74,7 @@ class JupyterKernelsHandler(SessionsAPIHandler):
             "shutting it down detaches and the session keeps running. The server's owner only",
             "parameters": [REF_PARAM, OWNER_PARAM],
             "responses": {
-                "201": _json(
+                "201": json_response(
                     {
                         "type": "object",
                         "properties": {
@@ -85,8 +86,8 @@ class JupyterKernelsHandler(SessionsAPIHandler):
                     "The Jupyter kernel",
                 ),
                 **ERRORS,
-                "404": {"$ref": "#/components/responses/Error"},
-                "409": {"$ref": "#/components/responses/Error"},
+                "404": ERROR,
+                "409": ERROR,
             },
         },
     }

@@ -21,7 +21,8 @@ from ..actions.services import (
 )
 from ..serialize import iso
 from .base import API_PREFIX, REF, SessionsAPIHandler
-from .sessions import ERRORS, OWNER_PARAM, REF_PARAM, _json
+from .schema import ERROR, ERRORS, error_responses, json_response
+from .sessions import OWNER_PARAM, REF_PARAM
 
 SERVICE = r"(?P<service>[^/]+)"
 SERVICE_PARAM = {
@@ -31,10 +32,7 @@ SERVICE_PARAM = {
     "schema": {"type": "string"},
     "description": "A service of the session's catalog (GET services lists them)",
 }
-MORE_ERRORS = {
-    "404": {"$ref": "#/components/responses/Error"},
-    "409": {"$ref": "#/components/responses/Error"},
-}
+MORE_ERRORS = error_responses(404, 409)
 SERVICE_SCHEMA: dict[str, Any] = {
     "type": "object",
     "properties": {
@@ -112,7 +110,7 @@ class ServicesHandler(_ServiceHandler):
             "with its status; health is re-checked now",
             "parameters": [REF_PARAM, OWNER_PARAM],
             "responses": {
-                "200": _json(
+                "200": json_response(
                     {
                         "type": "object",
                         "properties": {
@@ -145,7 +143,7 @@ class StartServiceHandler(_ServiceHandler):
             "parameters": [REF_PARAM, SERVICE_PARAM, OWNER_PARAM],
             "requestBody": {"content": {"application/json": {"schema": START_BODY}}},
             "responses": {
-                "200": _json(
+                "200": json_response(
                     {
                         "type": "object",
                         "properties": {"service": SERVICE_SCHEMA, "url": {"type": "string"}},
@@ -154,8 +152,8 @@ class StartServiceHandler(_ServiceHandler):
                 ),
                 **ERRORS,
                 **MORE_ERRORS,
-                "502": {"$ref": "#/components/responses/Error"},
-                "504": {"$ref": "#/components/responses/Error"},
+                "502": ERROR,
+                "504": ERROR,
             },
         },
     }
@@ -183,7 +181,7 @@ class ShutdownServiceHandler(_ServiceHandler):
             "summary": "Stop a running service (TERM, then KILL after a grace period)",
             "parameters": [REF_PARAM, SERVICE_PARAM, OWNER_PARAM],
             "responses": {
-                "200": _json(
+                "200": json_response(
                     {"type": "object", "properties": {"service": SERVICE_SCHEMA}}, "Stopped"
                 ),
                 **ERRORS,
@@ -209,7 +207,7 @@ class DirectAccessInfoHandler(_ServiceHandler):
             "summary": "Proxy URLs (fresh short-lived tokens) of the session's running services",
             "parameters": [REF_PARAM, OWNER_PARAM],
             "responses": {
-                "200": _json(
+                "200": json_response(
                     {
                         "type": "object",
                         "properties": {

@@ -3,8 +3,6 @@ re-check statuses, status history."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-
 from jupyter_server.auth.decorator import authorized
 from tornado import web
 
@@ -30,13 +28,9 @@ from ..actions.lifecycle import (
 from ..serialize import history_json, session_json
 from ..types import SessionStatus, parse_enum
 from .base import SessionsAPIHandler
+from .schema import ERROR, ERRORS, json_response
 
 SESSION = {"$ref": "#/components/schemas/Session"}
-ERRORS = {
-    "400": {"$ref": "#/components/responses/Error"},
-    "401": {"$ref": "#/components/responses/Error"},
-    "403": {"$ref": "#/components/responses/Error"},
-}
 REF_PARAM = {
     "name": "ref",
     "in": "path",
@@ -50,10 +44,6 @@ OWNER_PARAM = {
     "schema": {"type": "string"},
     "description": "Admins only: act on another access key's sessions",
 }
-
-
-def _json(schema: Mapping[str, object], description: str) -> dict[str, object]:
-    return {"description": description, "content": {"application/json": {"schema": schema}}}
 
 
 NAME_SCHEMA = {"type": "string", "pattern": r"^\w[\w.-]*\w$", "minLength": 4, "maxLength": 64}
@@ -98,7 +88,7 @@ class SessionsHandler(SessionsAPIHandler):
                 {"name": "offset", "in": "query", "schema": {"type": "integer", "default": 0}},
             ],
             "responses": {
-                "200": _json(
+                "200": json_response(
                     {
                         "type": "object",
                         "properties": {
@@ -121,12 +111,12 @@ class SessionsHandler(SessionsAPIHandler):
                 },
             },
             "responses": {
-                "200": _json(SESSION, "reuse_if_exists found this session"),
-                "201": _json(SESSION, "Created (with the status it has by then)"),
+                "200": json_response(SESSION, "reuse_if_exists found this session"),
+                "201": json_response(SESSION, "Created (with the status it has by then)"),
                 **ERRORS,
-                "409": {"$ref": "#/components/responses/Error"},
-                "429": {"$ref": "#/components/responses/Error"},
-                "503": {"$ref": "#/components/responses/Error"},
+                "409": ERROR,
+                "429": ERROR,
+                "503": ERROR,
             },
         },
     }
@@ -169,9 +159,9 @@ class SessionHandler(SessionsAPIHandler):
             "summary": "A session's information",
             "parameters": [REF_PARAM, OWNER_PARAM],
             "responses": {
-                "200": _json(SESSION, "The session"),
+                "200": json_response(SESSION, "The session"),
                 **ERRORS,
-                "404": {"$ref": "#/components/responses/Error"},
+                "404": ERROR,
             },
         },
         "delete": {
@@ -185,11 +175,11 @@ class SessionHandler(SessionsAPIHandler):
                 {"name": "recursive", "in": "query", "schema": {"type": "boolean"}},
             ],
             "responses": {
-                "200": _json(SESSION, "Cancelled"),
-                "202": _json(SESSION, "Terminating"),
+                "200": json_response(SESSION, "Cancelled"),
+                "202": json_response(SESSION, "Terminating"),
                 **ERRORS,
-                "404": {"$ref": "#/components/responses/Error"},
-                "409": {"$ref": "#/components/responses/Error"},
+                "404": ERROR,
+                "409": ERROR,
             },
         },
         "patch": {
@@ -202,10 +192,10 @@ class SessionHandler(SessionsAPIHandler):
                 "content": {"application/json": {"schema": SESSION_CHANGES}},
             },
             "responses": {
-                "200": _json(SESSION, "The session as changed"),
+                "200": json_response(SESSION, "The session as changed"),
                 **ERRORS,
-                "404": {"$ref": "#/components/responses/Error"},
-                "409": {"$ref": "#/components/responses/Error"},
+                "404": ERROR,
+                "409": ERROR,
             },
         },
     }
@@ -254,7 +244,7 @@ class StatusHistoryHandler(SessionsAPIHandler):
             "summary": "Every status transition of a session, oldest first",
             "parameters": [REF_PARAM, OWNER_PARAM],
             "responses": {
-                "200": _json(
+                "200": json_response(
                     {
                         "type": "object",
                         "properties": {
@@ -268,7 +258,7 @@ class StatusHistoryHandler(SessionsAPIHandler):
                     "The history",
                 ),
                 **ERRORS,
-                "404": {"$ref": "#/components/responses/Error"},
+                "404": ERROR,
             },
         },
     }
@@ -311,10 +301,10 @@ class RenameHandler(SessionsAPIHandler):
                 },
             },
             "responses": {
-                "200": _json(SESSION, "The renamed session"),
+                "200": json_response(SESSION, "The renamed session"),
                 **ERRORS,
-                "404": {"$ref": "#/components/responses/Error"},
-                "409": {"$ref": "#/components/responses/Error"},
+                "404": ERROR,
+                "409": ERROR,
             },
         },
     }
@@ -341,13 +331,13 @@ class RestartHandler(SessionsAPIHandler):
             "a new session from the same parameters and name (201, restarted_from)",
             "parameters": [REF_PARAM, OWNER_PARAM],
             "responses": {
-                "201": _json(SESSION, "The new session (the old one was final)"),
-                "202": _json(SESSION, "Restarting"),
+                "201": json_response(SESSION, "The new session (the old one was final)"),
+                "202": json_response(SESSION, "Restarting"),
                 **ERRORS,
-                "404": {"$ref": "#/components/responses/Error"},
-                "409": {"$ref": "#/components/responses/Error"},
-                "429": {"$ref": "#/components/responses/Error"},
-                "503": {"$ref": "#/components/responses/Error"},
+                "404": ERROR,
+                "409": ERROR,
+                "429": ERROR,
+                "503": ERROR,
             },
         },
     }
@@ -394,7 +384,7 @@ class TransitStatusHandler(SessionsAPIHandler):
                 },
             },
             "responses": {
-                "200": _json(
+                "200": json_response(
                     {
                         "type": "object",
                         "properties": {
@@ -405,7 +395,7 @@ class TransitStatusHandler(SessionsAPIHandler):
                     "The sessions after the check, in the order asked",
                 ),
                 **ERRORS,
-                "404": {"$ref": "#/components/responses/Error"},
+                "404": ERROR,
             },
         },
     }
@@ -431,7 +421,7 @@ class DependencyGraphHandler(SessionsAPIHandler):
             "summary": "The depends_on graph around a session, both directions, transitively",
             "parameters": [REF_PARAM, OWNER_PARAM],
             "responses": {
-                "200": _json(
+                "200": json_response(
                     {
                         "type": "object",
                         "properties": {
@@ -463,7 +453,7 @@ class DependencyGraphHandler(SessionsAPIHandler):
                     "The graph",
                 ),
                 **ERRORS,
-                "404": {"$ref": "#/components/responses/Error"},
+                "404": ERROR,
             },
         },
     }

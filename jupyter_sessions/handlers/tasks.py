@@ -11,7 +11,7 @@ from tornado import web
 from ..actions.observability import CancelTaskAction, GetTaskAction
 from ..bgtasks import task_json
 from .base import API_PREFIX, SessionsAPIHandler
-from .sessions import ERRORS, _json
+from .schema import ERROR, ERRORS, json_response
 
 TASK_ID = r"(?P<task_id>[^/]+)"
 TASK_SCHEMA: dict[str, Any] = {
@@ -36,7 +36,7 @@ TASK_SCHEMA: dict[str, Any] = {
     },
 }
 TASK_PARAM = {"name": "task_id", "in": "path", "required": True, "schema": {"type": "string"}}
-NOT_FOUND = {"404": {"$ref": "#/components/responses/Error"}}
+NOT_FOUND = {"404": ERROR}
 
 
 class TaskHandler(SessionsAPIHandler):
@@ -45,17 +45,17 @@ class TaskHandler(SessionsAPIHandler):
             "operationId": "get_task",
             "summary": "A background task: status, progress, result or error",
             "parameters": [TASK_PARAM],
-            "responses": {"200": _json(TASK_SCHEMA, "The task"), **ERRORS, **NOT_FOUND},
+            "responses": {"200": json_response(TASK_SCHEMA, "The task"), **ERRORS, **NOT_FOUND},
         },
         "delete": {
             "operationId": "cancel_task",
             "summary": "Cancel a pending or running task (409 when it already ended)",
             "parameters": [TASK_PARAM],
             "responses": {
-                "200": _json(TASK_SCHEMA, "The task, cancelled"),
+                "200": json_response(TASK_SCHEMA, "The task, cancelled"),
                 **ERRORS,
                 **NOT_FOUND,
-                "409": {"$ref": "#/components/responses/Error"},
+                "409": ERROR,
             },
         },
     }

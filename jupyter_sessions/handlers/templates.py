@@ -27,10 +27,11 @@ from ..identity import Caller
 from ..repository.repository import TemplateData
 from ..serialize import iso, session_json
 from .base import API_PREFIX, SessionsAPIHandler
-from .sessions import ERRORS, SESSION
+from .schema import ERROR, ERRORS, json_response
+from .sessions import SESSION
 
 TEMPLATE_ID = r"(?P<template_id>[^/]+)"
-ERROR = {"$ref": "#/components/responses/Error"}
+ERROR = ERROR
 ID_PARAM = {
     "name": "template_id",
     "in": "path",
@@ -77,10 +78,6 @@ TEMPLATE = {
 }
 
 
-def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
-    return {"description": description, "content": {"application/json": {"schema": schema}}}
-
-
 def template_json(template: TemplateData, caller: Caller) -> dict[str, Any]:
     mine = template.owner_access_key == caller.access_key
     return {
@@ -102,7 +99,7 @@ class TemplatesHandler(SessionsAPIHandler):
             "operationId": "list_templates",
             "summary": "Templates the caller may use: their own and the shared ones (admins: all)",
             "responses": {
-                "200": _json(
+                "200": json_response(
                     {
                         "type": "object",
                         "properties": {
@@ -131,7 +128,7 @@ class TemplatesHandler(SessionsAPIHandler):
                     }
                 },
             },
-            "responses": {"201": _json(TEMPLATE, "The template"), **ERRORS},
+            "responses": {"201": json_response(TEMPLATE, "The template"), **ERRORS},
         },
     }
 
@@ -161,7 +158,7 @@ class TemplateHandler(SessionsAPIHandler):
             "operationId": "get_template",
             "summary": "A template (others' private templates answer 404)",
             "parameters": [ID_PARAM],
-            "responses": {"200": _json(TEMPLATE, "The template"), **ERRORS, "404": ERROR},
+            "responses": {"200": json_response(TEMPLATE, "The template"), **ERRORS, "404": ERROR},
         },
         "patch": {
             "operationId": "modify_template",
@@ -181,7 +178,7 @@ class TemplateHandler(SessionsAPIHandler):
                     }
                 },
             },
-            "responses": {"200": _json(TEMPLATE, "The template"), **ERRORS, "404": ERROR},
+            "responses": {"200": json_response(TEMPLATE, "The template"), **ERRORS, "404": ERROR},
         },
         "delete": {
             "operationId": "delete_template",
@@ -254,8 +251,8 @@ class FromTemplateHandler(SessionsAPIHandler):
                 },
             },
             "responses": {
-                "200": _json(SESSION, "reuse_if_exists found this session"),
-                "201": _json(SESSION, "Created (with the status it has by then)"),
+                "200": json_response(SESSION, "reuse_if_exists found this session"),
+                "201": json_response(SESSION, "Created (with the status it has by then)"),
                 **ERRORS,
                 "404": ERROR,
                 "409": ERROR,
