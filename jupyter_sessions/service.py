@@ -385,6 +385,13 @@ class SessionService:
             raise InvalidRequest(f"keypair {owner} is revoked", field="owner_access_key")
         return owner
 
+    async def wait_settled(self, session_id: str, timeout: float) -> SessionData:
+        """The session once it settles (running, failed or ended), or as it is after
+        ``timeout`` seconds: woken by its status events, never by polling."""
+        with self.hub.subscribe() as events:
+            session = await self.repository.get(session_id)
+            return await self._wait_settled(session, events, timeout)
+
     async def _wait_settled(
         self, session: SessionData, events: asyncio.Queue[Event], timeout: float
     ) -> SessionData:

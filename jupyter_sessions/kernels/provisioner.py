@@ -43,7 +43,8 @@ ENV_SESSION = "JUPYTER_SESSIONS_SESSION"
 KERNEL_TAG = "jupyter-kernel"
 ALIVE = frozenset({"RUNNING", "RUNNING_DEGRADED"})
 FINAL = frozenset({"TERMINATED", "CANCELLED"})
-POLL_SECONDS = 0.25
+#: Where waiting for a session to start ends: running, or failed, or ended.
+SETTLED = ALIVE | FINAL | {"ERROR"}
 
 
 @dataclass(frozen=True)
@@ -86,6 +87,10 @@ class Backend(Protocol):
     ) -> SessionView: ...
 
     async def get(self, ref: str) -> SessionView: ...
+
+    async def wait_settled(self, session_id: str, timeout: float) -> SessionView:
+        """The session once running, failed or ended, or as it is after ``timeout``."""
+        ...
 
     async def connection(self, ref: str) -> tuple[SessionView, dict[str, Any]]: ...
 
@@ -150,6 +155,10 @@ class InProcessBackend:
         action = GetSessionInfoAction(caller=await self._caller(), ref=ref)
         return self._view(await self.app.processors.get_session_info.wait_for_complete(action))
 
+    async def wait_settled(self, session_id: str, timeout: float) -> SessionView:
+        await self._caller()
+        return self._view(await self.app.service.wait_settled(session_id, timeout))
+
     async def connection(self, ref: str) -> tuple[SessionView, dict[str, Any]]:
         from ..actions.kernels import GetKernelConnectionAction
 
@@ -208,15 +217,17 @@ class RestBackend:
     async def get(self, ref: str) -> SessionView:
         return SessionView.of_json(await self.client.get_session(ref))
 
-    async def connection(self, ref: str) -> tuple[SessionView, dict[str, Any]]:
-        from ..client import Call, ref_path
+    async def wait_settled(self, session_id: str, timeout: float) -> SessionView:
+        from ..errors import Timeout
 
-        getter = getattr(self.client, "kernel_connection", None)
-        if getter is not None:
-            body = await getter(ref)
-        else:  # until the client has a method for the route
-            call = Call("GET", ref_path(ref, "kernels", "main1", "connection"))
-            body = await self.client._json(call)
+        try:
+            body = await self.client.wait_for(session_id, SETTLED, timeout=timeout)
+        except Timeout:
+            body = await self.client.get_session(session_id)
+        return SessionView.of_json(body)
+
+    async def connection(self, ref: str) -> tuple[SessionView, dict[str, Any]]:
+        body = await self.client.kernel_connection(ref)
         view = SessionView(
             body["session_id"], body["session_name"], body["status"], "", body["container_id"]
         )
@@ -396,21 +407,18 @@ class SessionProvisioner(KernelProvisionerBase):
         return [{"source": cwd, "working_dir": "."}]
 
     async def _wait_running(self, backend: Backend, view: SessionView) -> SessionView:
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.start_timeout
-        while view.status not in ALIVE:
-            if view.status in FINAL or view.status == "ERROR":
-                raise RuntimeError(
-                    f"jupyter_sessions: session {view.name} is {view.status}: {view.status_info}"
-                )
-            if loop.time() > deadline:
-                raise RuntimeError(
-                    f"jupyter_sessions: session {view.name} is still {view.status} after "
-                    f"{self.start_timeout:g} s ({view.status_info})"
-                )
-            await asyncio.sleep(POLL_SECONDS)
-            view = await backend.get(view.id)
-        return view
+        if view.status not in SETTLED:
+            view = await backend.wait_settled(view.id, self.start_timeout)
+        if view.status in ALIVE:
+            return view
+        if view.status in SETTLED:
+            raise RuntimeError(
+                f"jupyter_sessions: session {view.name} is {view.status}: {view.status_info}"
+            )
+        raise RuntimeError(
+            f"jupyter_sessions: session {view.name} is still {view.status} after "
+            f"{self.start_timeout:g} s ({view.status_info})"
+        )
 
     def _adopt(self, view: SessionView, connection: dict[str, Any]) -> None:
         key = connection.get("key", "")
